@@ -1,0 +1,61 @@
+"""`python -m annotate COMMAND ...`: each command lives in its own module, imported only when it runs.
+
+A command module exposes `add_arguments(parser)` and `main(args) -> int`; heavy imports stay inside `main`
+so `--help` is instant. Bad input raises SchemaError (naming file, row and field): exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from annotate.schema import SchemaError
+
+# command -> (module, one-line help)
+COMMANDS = {
+    "import": ("annotate.importers", "import HH-RLHF, TRL preference data or a candidate pool into a store"),
+    "export": ("annotate.export", "export a store as TRL preference data (Parquet or JSONL)"),
+    "stats": ("annotate.stats", "counts by choice, annotator and source"),
+    "compact": ("annotate.stats", "merge a store's small files into one, atomically"),
+    "generate": ("annotate.generate", "sample candidate responses from a model into a pool"),
+    "add-user": ("annotate.users", "add or update an annotator in a users file"),
+    "audit": ("annotate.audit_cli", "agreement, position and length bias report"),
+    "push": ("rlhf.hub", "publish a store to the Hugging Face Hub as a dataset"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m annotate", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        getattr(mod, f"add_{name.replace('-', '_')}_arguments", mod.add_arguments)(p)
+        p.set_defaults(_module=mod, _name=name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Build only the requested command's parser, so one unfinished module cannot break the others.
+    if argv and argv[0] in COMMANDS:
+        name = argv[0]
+        module, help_text = COMMANDS[name]
+        mod = importlib.import_module(module)
+        p = argparse.ArgumentParser(prog=f"python -m annotate {name}", description=help_text)
+        getattr(mod, f"add_{name.replace('-', '_')}_arguments", getattr(mod, "add_arguments", None))(p)
+        args = p.parse_args(argv[1:])
+        run = getattr(mod, f"main_{name.replace('-', '_')}", getattr(mod, "main", None))
+    else:
+        args = build_parser().parse_args(argv)
+        run = getattr(args._module, f"main_{args._name.replace('-', '_')}", args._module.main)
+    try:
+        return int(run(args) or 0)
+    except (SchemaError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

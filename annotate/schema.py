@@ -1,0 +1,232 @@
+"""The one place where the project's record layouts are defined (candidate pool and comparison).
+
+Both are Arrow schemas carrying a version, so Parquet written by any release can be read and checked.
+Every reader and writer in the project goes through here: validation errors name the field.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from annotate import __version__
+
+SCHEMA_VERSION = 1
+
+CHOICES = ("a", "b", "tie", "both_bad", "skip")
+SIDES = ("a", "b")
+CRITERION_PICKS = ("a", "b", "tie")
+CRITERIA = ("correct", "helpful", "harmless", "concise")
+STRENGTHS = {1: "slight", 2: "clear", 3: "much"}
+ROLES = ("system", "user", "assistant", "tool")
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGES = pa.list_(MESSAGE)
+
+POOL_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("prompt", MESSAGES),
+        ("response_id", pa.string()),
+        ("response", pa.string()),
+        ("source", pa.string()),  # model id or author
+        ("meta", pa.string()),  # JSON: generation settings
+    ],
+    metadata={"prefkit.kind": "pool", "prefkit.schema_version": str(SCHEMA_VERSION)},
+)
+
+COMPARISON_SCHEMA = pa.schema(
+    [
+        ("comparison_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("prompt", MESSAGES),
+        ("response_a_id", pa.string()),
+        ("response_a", pa.string()),
+        ("source_a", pa.string()),
+        ("response_b_id", pa.string()),
+        ("response_b", pa.string()),
+        ("source_b", pa.string()),
+        ("left", pa.string()),  # which response was shown on the left: "a" or "b"
+        ("choice", pa.string()),
+        ("strength", pa.int8()),  # 1 slight, 2 clear, 3 much; null for tie/skip
+        ("criteria", pa.map_(pa.string(), pa.string())),
+        ("rationale", pa.string()),
+        ("annotator", pa.string()),
+        ("session", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("decision_ms", pa.int64()),
+        ("retracts", pa.string()),  # undo is a new record pointing at the one it cancels
+        ("schema_version", pa.int16()),
+        ("app_version", pa.string()),
+    ],
+    metadata={"prefkit.kind": "comparison", "prefkit.schema_version": str(SCHEMA_VERSION)},
+)
+
+
+class SchemaError(ValueError):
+    """A record does not fit a schema; the message names the field (and row when known)."""
+
+
+def _require_text(rec: dict, field: str, *, allow_empty: bool = False) -> str:
+    value = rec.get(field)
+    if not isinstance(value, str):
+        raise SchemaError(f"field '{field}': expected a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise SchemaError(f"field '{field}': empty text")
+    return value
+
+
+def check_messages(value: Any, field: str = "prompt") -> list[dict[str, str]]:
+    """Validate a conversation: a non-empty list of {role, content} with known roles and non-empty content."""
+    if not isinstance(value, list) or not value:
+        raise SchemaError(f"field '{field}': expected a non-empty list of messages, got {type(value).__name__}")
+    out = []
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict):
+            raise SchemaError(f"field '{field}[{i}]': expected a message object, got {type(msg).__name__}")
+        role, content = msg.get("role"), msg.get("content")
+        if role not in ROLES:
+            raise SchemaError(f"field '{field}[{i}].role': unknown role {role!r}")
+        if not isinstance(content, str) or not content.strip():
+            raise SchemaError(f"field '{field}[{i}].content': empty or not text")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def as_messages(prompt: str | list) -> list[dict[str, str]]:
+    """A plain-string prompt becomes a single user turn; a message list is checked and kept."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise SchemaError("field 'prompt': empty text")
+        return [{"role": "user", "content": prompt}]
+    return check_messages(prompt)
+
+
+def check_pool_row(rec: dict) -> dict:
+    """Validate and normalise one candidate-pool row."""
+    out = {f: _require_text(rec, f) for f in ("prompt_id", "response_id", "response", "source")}
+    out["prompt"] = as_messages(rec.get("prompt"))
+    meta = rec.get("meta") or "{}"
+    if not isinstance(meta, str):
+        meta = json.dumps(meta, sort_keys=True)
+    try:
+        json.loads(meta)
+    except json.JSONDecodeError as e:
+        raise SchemaError(f"field 'meta': not valid JSON ({e.msg})") from None
+    out["meta"] = meta
+    return out
+
+
+def check_comparison(rec: dict) -> dict:
+    """Validate one comparison record in full; returns it with defaults filled. Raises SchemaError."""
+    for f in ("comparison_id", "prompt_id", "response_a_id", "response_b_id", "annotator"):
+        _require_text(rec, f)
+    for f in ("response_a", "response_b"):
+        _require_text(rec, f, allow_empty=True)  # an empty response is a legitimate (bad) candidate
+    for f in ("source_a", "source_b", "session", "rationale", "app_version"):
+        if rec.get(f) is not None and not isinstance(rec[f], str):
+            raise SchemaError(f"field '{f}': expected a string, got {type(rec[f]).__name__}")
+    check_messages(rec.get("prompt"))
+    if rec.get("left") not in SIDES:
+        raise SchemaError(f"field 'left': must be 'a' or 'b', got {rec.get('left')!r}")
+    if rec.get("choice") not in CHOICES:
+        raise SchemaError(f"field 'choice': must be one of {CHOICES}, got {rec.get('choice')!r}")
+    strength = rec.get("strength")
+    if strength is not None and (isinstance(strength, bool) or strength not in STRENGTHS):
+        raise SchemaError(f"field 'strength': must be 1, 2, 3 or null, got {strength!r}")
+    criteria = rec.get("criteria") or {}
+    if not isinstance(criteria, dict):
+        raise SchemaError(f"field 'criteria': expected a mapping, got {type(criteria).__name__}")
+    for k, v in criteria.items():
+        if not isinstance(k, str) or v not in CRITERION_PICKS:
+            raise SchemaError(f"field 'criteria.{k}': must be one of {CRITERION_PICKS}, got {v!r}")
+    dm = rec.get("decision_ms")
+    if dm is not None and (isinstance(dm, bool) or not isinstance(dm, int) or dm < 0):
+        raise SchemaError(f"field 'decision_ms': expected a non-negative integer, got {dm!r}")
+    if not isinstance(rec.get("created_at"), datetime):
+        raise SchemaError("field 'created_at': expected a datetime")
+    if rec.get("retracts") is not None and not isinstance(rec["retracts"], str):
+        raise SchemaError("field 'retracts': expected a comparison_id or null")
+    return rec
+
+
+def new_comparison(
+    *,
+    prompt_id: str,
+    prompt: list[dict[str, str]],
+    response_a_id: str,
+    response_a: str,
+    response_b_id: str,
+    response_b: str,
+    choice: str,
+    annotator: str,
+    left: str = "a",
+    source_a: str = "",
+    source_b: str = "",
+    strength: int | None = None,
+    criteria: dict[str, str] | None = None,
+    rationale: str = "",
+    session: str = "",
+    decision_ms: int | None = None,
+    retracts: str | None = None,
+    created_at: datetime | None = None,
+    comparison_id: str | None = None,
+) -> dict:
+    """Build a complete, validated comparison record (fresh uuid and UTC timestamp unless given)."""
+    rec = {
+        "comparison_id": comparison_id or str(uuid.uuid4()),
+        "prompt_id": prompt_id,
+        "prompt": prompt,
+        "response_a_id": response_a_id,
+        "response_a": response_a,
+        "source_a": source_a,
+        "response_b_id": response_b_id,
+        "response_b": response_b,
+        "source_b": source_b,
+        "left": left,
+        "choice": choice,
+        "strength": strength,
+        "criteria": dict(criteria or {}),
+        "rationale": rationale,
+        "annotator": annotator,
+        "session": session,
+        "created_at": created_at or datetime.now(UTC),
+        "decision_ms": decision_ms,
+        "retracts": retracts,
+        "schema_version": SCHEMA_VERSION,
+        "app_version": __version__,
+    }
+    return check_comparison(rec)
+
+
+def comparisons_table(records: list[dict]) -> pa.Table:
+    """Records (as from new_comparison) to an Arrow table of COMPARISON_SCHEMA."""
+    rows = [{**r, "criteria": list((r.get("criteria") or {}).items())} for r in records]
+    return pa.Table.from_pylist(rows, schema=COMPARISON_SCHEMA)
+
+
+def pool_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=POOL_SCHEMA)
+
+
+def check_table_schema(table_schema: pa.Schema, expected: pa.Schema, where: str) -> None:
+    """A Parquet file must carry every field of the expected schema with a castable type."""
+    for field in expected:
+        idx = table_schema.get_field_index(field.name)
+        if idx < 0:
+            raise SchemaError(f"{where}: missing field '{field.name}'")
+        got = table_schema.field(idx).type
+        if got != field.type and not _castable(got, field.type):
+            raise SchemaError(f"{where}: field '{field.name}' has type {got}, expected {field.type}")
+
+
+def _castable(got: pa.DataType, want: pa.DataType) -> bool:
+    try:
+        pa.array([], type=got).cast(want)
+        return True
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False

@@ -1,0 +1,267 @@
+"""The comparison store: a directory of Parquet files plus per-writer write-ahead segments.
+
+Layout of a store directory:
+    part-*.parquet      sealed, immutable data (COMPARISON_SCHEMA)
+    wal/seg-*.jsonl     one append-only JSON-lines segment per live (or crashed) writer
+    .tmp/               files being written; renamed into place only once fsync'd
+
+Why this shape: an fsync'd append to a private segment costs one small write, so a single process does
+thousands of durable appends per second, and writers in different processes never touch the same file.
+A writer rolls its segment into a Parquet part every `seal_every` records. A part names in its metadata
+the files it replaces, so a crash between "new file renamed in" and "old files deleted" never shows a
+record twice: readers skip replaced files. A kill -9 can leave only a torn last line in a segment, which
+was never acknowledged (the fsync had not returned), and readers drop it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from annotate.schema import COMPARISON_SCHEMA, SchemaError, check_comparison, comparisons_table
+
+REPLACES_KEY = b"prefkit.replaces"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _to_json_line(rec: dict) -> bytes:
+    def default(o):
+        if isinstance(o, datetime):
+            return o.isoformat()
+        raise TypeError(f"cannot serialise {type(o).__name__}")
+
+    return (json.dumps(rec, default=default, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def _from_json_line(line: str) -> dict:
+    rec = json.loads(line)
+    rec["created_at"] = datetime.fromisoformat(rec["created_at"])
+    return rec
+
+
+def write_parquet_atomic(root: Path, table: pa.Table, name: str, replaces: Iterable[str] = ()) -> Path:
+    """Write `table` as root/name so that the file appears whole or not at all (tmp, fsync, rename)."""
+    tmp_dir = root / ".tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    meta = dict(table.schema.metadata or {})
+    meta[REPLACES_KEY] = json.dumps(sorted(replaces)).encode()
+    table = table.replace_schema_metadata(meta)
+    tmp = tmp_dir / f"{name}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / name)
+    _fsync_dir(root)
+    return root / name
+
+
+class ComparisonStore:
+    """Append comparisons durably and read them back. Safe for many threads and many processes."""
+
+    def __init__(self, root: str | os.PathLike, *, seal_every: int = 1000):
+        self.root = Path(root)
+        self.seal_every = seal_every
+        (self.root / "wal").mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._seg_fd: int | None = None
+        self._seg_name: str | None = None
+        self._seg_records: list[dict] = []
+
+    # -- writing -------------------------------------------------------------------------------------------
+    def _open_segment(self) -> None:
+        name = f"seg-{uuid.uuid4().hex}.jsonl"
+        fd = os.open(self.root / "wal" / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
+        # The lock says "a live writer owns this segment"; compact() folds in only segments nobody holds.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _fsync_dir(self.root / "wal")
+        self._seg_fd, self._seg_name, self._seg_records = fd, name, []
+
+    def append(self, record: dict) -> str:
+        """Validate and append one comparison; returns its id once it is on disk (fsync'd)."""
+        return self.append_many([record])[0]
+
+    def append_many(self, records: list[dict]) -> list[str]:
+        """Append records with a single fsync (all are durable when this returns)."""
+        for rec in records:
+            check_comparison(rec)
+        data = b"".join(_to_json_line(r) for r in records)
+        with self._lock:
+            if self._seg_fd is None:
+                self._open_segment()
+            os.write(self._seg_fd, data)
+            os.fsync(self._seg_fd)
+            self._seg_records.extend(records)
+            if len(self._seg_records) >= self.seal_every:
+                self._seal_locked()
+        return [r["comparison_id"] for r in records]
+
+    def write_batch(self, records: list[dict], *, name_hint: str = "import") -> Path | None:
+        """Write many records as one Parquet part, all or nothing (used by import)."""
+        if not records:
+            return None
+        for i, rec in enumerate(records):
+            try:
+                check_comparison(rec)
+            except SchemaError as e:
+                raise SchemaError(f"record {i}: {e}") from None
+        return write_parquet_atomic(self.root, comparisons_table(records), f"part-{name_hint}-{uuid.uuid4().hex}.parquet")
+
+    def _seal_locked(self) -> None:
+        if self._seg_fd is None:
+            return
+        if self._seg_records:
+            seg_id = self._seg_name.removesuffix(".jsonl")
+            write_parquet_atomic(
+                self.root, comparisons_table(self._seg_records), f"part-{seg_id}.parquet", [f"wal/{self._seg_name}"]
+            )
+        os.close(self._seg_fd)
+        os.unlink(self.root / "wal" / self._seg_name)
+        self._seg_fd, self._seg_name, self._seg_records = None, None, []
+
+    def close(self) -> None:
+        """Seal the open segment into Parquet. Not needed for durability, only to keep the file count low."""
+        with self._lock:
+            self._seal_locked()
+
+    def __enter__(self) -> ComparisonStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def read(self) -> pa.Table:
+        return read_table(str(self.root))
+
+    def to_pandas(self) -> pd.DataFrame:
+        return self.read().to_pandas()
+
+    def __len__(self) -> int:
+        return self.read().num_rows
+
+    # -- maintenance ---------------------------------------------------------------------------------------
+    def compact(self) -> Path | None:
+        """Merge every part and every orphaned segment into one Parquet file, atomically.
+
+        Live writers keep appending to their own segments meanwhile; those are left alone.
+        """
+        lock_fd = os.open(self.root / ".compact.lock", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            parts, segments, _ = _live_files(fsspec.filesystem("file"), str(self.root))
+            orphan_fds, orphans = [], []
+            for seg in segments:
+                fd = os.open(seg, os.O_RDONLY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)  # a live writer owns it
+                    continue
+                orphan_fds.append(fd)
+                orphans.append(seg)
+            if len(parts) + len(orphans) <= 1 and not orphans:
+                return Path(parts[0]) if parts else None
+            fs = fsspec.filesystem("file")
+            tables = [_read_parts(fs, parts)] + [_read_segment(fs, s) for s in orphans]
+            table = pa.concat_tables(tables)
+            replaces = [os.path.relpath(p, self.root) for p in parts + orphans]
+            out = write_parquet_atomic(self.root, table, f"part-compact-{uuid.uuid4().hex}.parquet", replaces)
+            for p in parts + orphans:
+                os.unlink(p)
+            for fd in orphan_fds:
+                os.close(fd)
+            _fsync_dir(self.root)
+            _fsync_dir(self.root / "wal")
+            for stale in (self.root / ".tmp").glob("*.tmp"):
+                stale.unlink(missing_ok=True)  # left by writers killed mid-rename; never visible to readers
+            return out
+        finally:
+            os.close(lock_fd)
+
+
+def _live_files(fs: fsspec.AbstractFileSystem, root: str) -> tuple[list[str], list[str], set[str]]:
+    """Parquet parts and WAL segments that hold current data (replaced ones filtered out)."""
+    root = root.rstrip("/")
+    # Segments before parts: a segment sealed in between is then found as a part (and its file is gone).
+    segments = sorted(fs.glob(f"{root}/wal/seg-*.jsonl"))
+    parts = sorted(p for p in fs.glob(f"{root}/part-*.parquet"))
+    replaced: set[str] = set()
+    for p in parts:
+        with fs.open(p, "rb") as f:
+            meta = pq.read_schema(f).metadata or {}
+        replaced.update(f"{root}/{r}" for r in json.loads(meta.get(REPLACES_KEY, b"[]")))
+    norm = {_strip_protocol(fs, r) for r in replaced}
+    parts = [p for p in parts if _strip_protocol(fs, p) not in norm]
+    segments = [s for s in segments if _strip_protocol(fs, s) not in norm]
+    return parts, segments, norm
+
+
+def _strip_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    return fs._strip_protocol(path)
+
+
+def _read_parts(fs: fsspec.AbstractFileSystem, parts: list[str]) -> pa.Table:
+    if not parts:
+        return COMPARISON_SCHEMA.empty_table()
+    dataset = pads.dataset(parts, schema=COMPARISON_SCHEMA, format="parquet", filesystem=fs)
+    return dataset.to_table().replace_schema_metadata(COMPARISON_SCHEMA.metadata)
+
+
+def _read_segment(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+    with fs.open(path, "rb") as f:
+        text = f.read().decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    records = []
+    # The last element is "" after a complete final line; anything else is a torn, unacknowledged write.
+    for i, line in enumerate(lines[:-1]):
+        try:
+            records.append(_from_json_line(line))
+        except (json.JSONDecodeError, KeyError, ValueError) as e:
+            raise SchemaError(f"{path}: line {i + 1}: corrupt record ({e})") from None
+    return comparisons_table(records)
+
+
+def read_table(root: str) -> pa.Table:
+    """Read every current comparison of a store: a local path or any fsspec URL (hf://, s3://, memory://)."""
+    fs, path = fsspec.core.url_to_fs(root)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no store at {root}")
+    for attempt in range(20):
+        try:
+            parts, segments, _ = _live_files(fs, path)
+            tables = [_read_parts(fs, parts)] + [_read_segment(fs, s) for s in segments]
+            return pa.concat_tables(tables)
+        except FileNotFoundError:
+            # A writer sealed or a compaction replaced files while we listed them: list again.
+            if attempt == 19:
+                raise
+            time.sleep(0.01)
+    raise AssertionError("unreachable")
+
+
+def effective_votes(table: pa.Table) -> pd.DataFrame:
+    """Votes that stand: retraction records and the votes they retract are both removed."""
+    df = table.to_pandas()
+    retracted = set(df["retracts"].dropna())
+    return df[df["retracts"].isna() & ~df["comparison_id"].isin(retracted)].reset_index(drop=True)

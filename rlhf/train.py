@@ -1,0 +1,49 @@
+"""`python rlhf/train.py COMMAND ...`: train and evaluate on collected comparisons.
+
+Each command is a module exposing `main(argv) -> int`, imported only when it runs (so --help is instant).
+Flags come from that module's config dataclass, optionally seeded from `--config recipes/NAME.yaml`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: make the repository root importable so `rlhf.*` resolves.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+COMMANDS = {
+    "sft": ("rlhf.sft", "supervised warm-up on chosen responses (TRL SFTTrainer)"),
+    "reward": ("rlhf.reward", "train a reward model on comparisons (TRL RewardTrainer)"),
+    "dpo": ("rlhf.dpo", "direct preference optimisation (TRL DPOTrainer)"),
+    "ppo": ("rlhf.ppo", "PPO against a reward model (our implementation; TRL 1.x has none)"),
+    "rloo": ("rlhf.rloo", "RLOO against a reward model (TRL RLOOTrainer)"),
+    "evaluate": ("rlhf.evaluate", "reward-model win rate of a policy over a reference, length-controlled"),
+    "distill": ("rlhf.distill", "distil a policy into a smaller, faster student"),
+    "push": ("rlhf.hub", "publish a trained model to the Hugging Face Hub"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python rlhf/train.py COMMAND [--config recipe.yaml] [flags]", "", "commands:"]
+    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    run = getattr(module, f"main_{argv[0]}", module.main)
+    return int(run(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

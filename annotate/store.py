@@ -125,7 +125,8 @@ class ComparisonStore:
                 check_comparison(rec)
             except SchemaError as e:
                 raise SchemaError(f"record {i}: {e}") from None
-        return write_parquet_atomic(self.root, comparisons_table(records), f"part-{name_hint}-{uuid.uuid4().hex}.parquet")
+        name = f"part-{name_hint}-{uuid.uuid4().hex}.parquet"
+        return write_parquet_atomic(self.root, comparisons_table(records), name)
 
     def _seal_locked(self) -> None:
         if self._seg_fd is None:

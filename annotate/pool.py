@@ -1,0 +1,100 @@
+"""Candidate pools: prompts with several candidate responses each, read from JSONL, CSV or Parquet.
+
+A pool row is (prompt_id, prompt, response_id, response, source, meta); see annotate.schema.POOL_SCHEMA.
+`prompt` may be a plain string (one user turn) or a list of {role, content} messages; in CSV it is either
+plain text or a JSON list. Every error names the file, the row and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+
+from annotate.schema import SchemaError, check_pool_row, pool_table
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict]]:
+    suffixes = "".join(path.suffixes[-2:])
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SchemaError(f"{path}: not a readable Parquet file ({e})") from None
+        for i, row in enumerate(table.to_pylist()):
+            yield i + 1, row
+    elif path.suffix == ".csv":
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.DictReader(f)):
+                prompt = row.get("prompt") or ""
+                if prompt.lstrip().startswith("["):
+                    try:
+                        row["prompt"] = json.loads(prompt)
+                    except json.JSONDecodeError:
+                        pass  # plain text that happens to start with '['
+                yield i + 2, row  # line 1 is the header
+    elif path.suffix == ".jsonl" or suffixes == ".jsonl.gz":
+        import gzip
+
+        opener = gzip.open if path.suffix == ".gz" else open
+        try:
+            with opener(path, "rt", encoding="utf-8") as f:
+                for i, line in enumerate(f):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise SchemaError(f"{path}: line {i + 1}: invalid JSON ({e.msg})") from None
+                    if not isinstance(row, dict):
+                        raise SchemaError(f"{path}: line {i + 1}: expected a JSON object")
+                    yield i + 1, row
+        except (EOFError, OSError) as e:
+            raise SchemaError(f"{path}: unreadable or truncated file ({e})") from None
+    else:
+        raise SchemaError(f"{path}: unknown pool format (use .jsonl, .jsonl.gz, .csv or .parquet)")
+
+
+def read_pool(path: str | Path) -> pa.Table:
+    """Read and validate a candidate pool. Raises SchemaError naming file, line/row and field."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such pool file")
+    unit = "row" if path.suffix == ".parquet" else "line"
+    rows, seen = [], set()
+    for n, raw in _rows(path):
+        try:
+            row = check_pool_row(raw)
+        except SchemaError as e:
+            raise SchemaError(f"{path}: {unit} {n}: {e}") from None
+        key = (row["prompt_id"], row["response_id"])
+        if key in seen:
+            raise SchemaError(f"{path}: {unit} {n}: field 'response_id': duplicate {key[1]!r} for prompt {key[0]!r}")
+        seen.add(key)
+        rows.append(row)
+    if not rows:
+        raise SchemaError(f"{path}: the pool is empty")
+    return pool_table(rows)
+
+
+def write_pool(table_or_rows: pa.Table | list[dict], path: str | Path) -> Path:
+    """Write a pool as JSONL (readable, diffable) or Parquet, by suffix."""
+    path = Path(path)
+    rows = table_or_rows.to_pylist() if isinstance(table_or_rows, pa.Table) else table_or_rows
+    rows = [check_pool_row(r) for r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(pool_table(rows), path)
+    else:
+        with open(path, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path

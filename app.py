@@ -1,0 +1,80 @@
+"""Serve the annotation app: `python app.py [--pool POOL] [--store DIR] [--users FILE] ...`.
+
+With no arguments it serves the bundled demo pool (datasets/demo/pool.jsonl), keeps votes in ./votes/ and
+prints the URL. Thin on purpose: parse options, build the store, sampler and UI, launch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from annotate.schema import SchemaError
+
+HERE = Path(__file__).resolve().parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Serve the pairwise annotation app.")
+    p.add_argument("--pool", default=str(HERE / "datasets/demo/pool.jsonl"), help="candidate pool (JSONL/CSV/Parquet)")
+    p.add_argument("--store", default="votes", help="comparison store directory (created if missing)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to serve the network)")
+    p.add_argument("--port", type=int, default=7860, help="port")
+    p.add_argument("--users", help="users file (python -m annotate add-user); turns on login")
+    p.add_argument("--strategy", default="balanced", help="pair sampling: uniform | balanced | active")
+    p.add_argument("--overlap", type=int, default=1, help="different annotators per pair (agreement)")
+    p.add_argument("--gold-share", type=float, default=0.0, help="share of serves that are gold pairs")
+    p.add_argument("--repeat-rate", type=float, default=0.0, help="share of serves re-showing a judged pair swapped")
+    p.add_argument("--honeypot-rate", type=float, default=0.0, help="share of serves showing a response vs itself")
+    p.add_argument("--seed", type=int, help="sampler seed (reproducible serving order)")
+    p.add_argument("--guidelines", help="Markdown file replacing the default guidelines")
+    p.add_argument("--concurrency", type=int, default=32, help="handlers running at once (threads)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls home
+    from annotate.pool import read_pool
+    from annotate.sampler import PairSampler
+    from annotate.store import ComparisonStore
+    from annotate.ui import CSS, AppConfig, build_app
+    from annotate.users import Authenticator
+
+    try:
+        store = ComparisonStore(args.store)
+        sampler = PairSampler(
+            read_pool(args.pool), strategy=args.strategy, overlap=args.overlap, gold_share=args.gold_share,
+            repeat_rate=args.repeat_rate, honeypot_rate=args.honeypot_rate, seed=args.seed, votes=store.read(),
+        )  # fmt: skip
+        auth = Authenticator(args.users) if args.users else None
+    except (SchemaError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    config = AppConfig(auth=auth)
+    if args.guidelines:
+        config.guidelines = Path(args.guidelines).read_text(encoding="utf-8")
+    app = build_app(config, store, sampler)
+    app.queue(default_concurrency_limit=args.concurrency)
+    print(f"pool {args.pool}: {len(sampler.pairs)} pairs; votes in {Path(args.store).resolve()}", flush=True)
+    print(f"serving at http://{args.host}:{args.port}", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C, so the store is sealed below
+    try:
+        app.launch(
+            server_name=args.host, server_port=args.port, auth=auth, css=CSS, show_error=True, quiet=True,
+            auth_message="Log in with the name and password your admin gave you.",
+        )  # fmt: skip
+    finally:
+        store.close()  # votes are durable already; this only folds the write-ahead segment into Parquet
+    return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())

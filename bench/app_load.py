@@ -1,0 +1,103 @@
+"""Load test: N concurrent gradio_client annotators voting against a real app server for D seconds.
+
+Reports votes/s, p50/p99 latency of one vote call (the vote event records the vote durably and returns the
+next pair, so this is "vote + next pair"), and checks the store holds exactly the acknowledged votes.
+    python bench/app_load.py --clients 50 --duration 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the test helper that starts app.py on a free port
+
+
+def synthetic_pool(path: Path, n_prompts: int) -> Path:
+    rows = [
+        {"prompt_id": f"p{p}", "prompt": [{"role": "user", "content": f"Question {p}?"}], "response_id": f"r{r}",
+         "response": f"Answer {r} to question {p}. " * (1 + r), "source": f"model{r}", "meta": "{}"}
+        for p in range(n_prompts) for r in range(4)
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def annotator(url: str, name: str, stop: threading.Event, lat: list[float], acked: list[int]) -> None:
+    from gradio_client import Client
+
+    c = Client(url, verbose=False, download_files=False)
+    c.predict(name=name, api_name="/next_pair")
+    i = 0
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        c.predict(choice=("a", "b", "tie")[i % 3], name=name, api_name="/vote")
+        lat.append(time.perf_counter() - t0)
+        acked[0] += 1  # list.append/+= under the GIL; one slot per thread, summed later
+        i += 1
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--prompts", type=int, default=2000, help="synthetic pool size (4 candidates each)")
+    p.add_argument("--out", default=str(ROOT / "bench/results/app.md"))
+    args = p.parse_args()
+    from apphelpers import Server
+
+    from annotate.store import read_table
+
+    tmp = Path(tempfile.mkdtemp(prefix="app-load-"))
+    pool, store = synthetic_pool(tmp / "pool.jsonl", args.prompts), tmp / "votes"
+    server = Server(pool, store, "--overlap", "2", "--concurrency", "64")
+    stop = threading.Event()
+    lats = [[] for _ in range(args.clients)]
+    acks = [[0] for _ in range(args.clients)]
+    threads = [threading.Thread(target=annotator, args=(server.url, f"ann{i:02d}", stop, lats[i], acks[i]))
+               for i in range(args.clients)]  # fmt: skip
+    for t in threads:
+        t.start()
+    time.sleep(5)  # let every client connect and get its first pair before measuring
+    base = sum(a[0] for a in acks)
+    t0 = time.perf_counter()
+    n_before = [len(x) for x in lats]
+    time.sleep(args.duration)
+    elapsed = time.perf_counter() - t0
+    window = [x for lat, n in zip(lats, n_before) for x in lat[n:]]
+    measured = sum(a[0] for a in acks) - base
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    acked = sum(a[0] for a in acks)
+    server.kill()  # SIGKILL, then count what is on disk
+    stored = read_table(str(store)).num_rows
+    q = statistics.quantiles(window, n=100)
+    lines = [
+        "# App load benchmark",
+        "",
+        f"Command: `.venv/bin/python bench/app_load.py --clients {args.clients} --duration {args.duration:g}`",
+        f"Machine: 2 CPU cores shared with other jobs; server and clients on the same machine. Pool: "
+        f"{args.prompts} prompts x 4 candidates, --overlap 2, durable (fsync'd) store.",
+        "",
+        "| clients | seconds | votes | votes/s | p50 ms | p99 ms | acknowledged | in store | lost |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {args.clients} | {elapsed:.0f} | {measured} | {measured / elapsed:.1f} | {q[49] * 1000:.0f} | "
+        f"{q[98] * 1000:.0f} | {acked} | {stored} | {acked - stored} |",
+        "",
+        "Latency = one `vote` call via gradio_client (records the vote durably, returns the next pair).",
+    ]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if stored == acked else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Start the real app (python app.py) on a free port for tests and benchmarks; shared by the app tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NASTY = (
+    'Try this:\n\n<script>window.__pwned=1</script>\n\n<img src=x onerror="window.__pwned=2">\n\n'
+    '```python\nprint("<b>ok</b>")\n```'
+)
+
+
+def write_pool(path: Path, n_prompts: int = 12, n_cands: int = 3, nasty: bool = True) -> Path:
+    rows = []
+    for p in range(n_prompts):
+        turns = [{"role": "user", "content": f"Question {p}: what is {p} + {p}?"}]
+        if p % 4 == 1:  # some multi-turn prompts
+            turns = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello, how can I help?"},
+                     *turns]  # fmt: skip
+        for r in range(n_cands):
+            text = NASTY if nasty and r == 0 else f"The answer is **{2 * p + r}**." + " Indeed." * r
+            meta = json.dumps({"gold_score": -r} if p % 3 == 0 else {})
+            rows.append({"prompt_id": f"p{p}", "prompt": turns, "response_id": f"r{r}", "response": text,
+                         "source": f"model{r}", "meta": meta})  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, pool: Path, store: Path, *extra: str, log: Path | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, str(ROOT / "app.py"), "--pool", str(pool), "--store", str(store),
+               "--port", str(self.port), *extra]  # fmt: skip
+        self.log = open(log or store.parent / f"server-{self.port}.log", "w")
+        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        self._wait()
+
+    def _wait(self, timeout: float = 60) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: see {self.log.name}")
+            try:
+                urllib.request.urlopen(self.url + "/config", timeout=2)
+                return
+            except urllib.error.HTTPError:
+                return  # up, but behind a login
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"server not up after {timeout} s")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        self.log.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill(signal.SIGTERM)

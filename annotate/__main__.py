@@ -25,14 +25,23 @@ COMMANDS = {
 }
 
 
+def _entry_points(mod, name: str):
+    """A module serving several commands names them `add_<cmd>_arguments`/`main_<cmd>`; else `add_arguments`/`main`."""
+    key = name.replace("-", "_")
+    if hasattr(mod, f"add_{key}_arguments"):
+        return getattr(mod, f"add_{key}_arguments"), getattr(mod, f"main_{key}")
+    return mod.add_arguments, mod.main
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m annotate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         mod = importlib.import_module(module)
-        getattr(mod, f"add_{name.replace('-', '_')}_arguments", mod.add_arguments)(p)
-        p.set_defaults(_module=mod, _name=name)
+        add, run = _entry_points(mod, name)
+        add(p)
+        p.set_defaults(_run=run)
     return parser
 
 
@@ -42,14 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS:
         name = argv[0]
         module, help_text = COMMANDS[name]
-        mod = importlib.import_module(module)
         p = argparse.ArgumentParser(prog=f"python -m annotate {name}", description=help_text)
-        getattr(mod, f"add_{name.replace('-', '_')}_arguments", getattr(mod, "add_arguments", None))(p)
+        add, run = _entry_points(importlib.import_module(module), name)
+        add(p)
         args = p.parse_args(argv[1:])
-        run = getattr(mod, f"main_{name.replace('-', '_')}", getattr(mod, "main", None))
     else:
         args = build_parser().parse_args(argv)
-        run = getattr(args._module, f"main_{args._name.replace('-', '_')}", args._module.main)
+        run = args._run
     try:
         return int(run(args) or 0)
     except (SchemaError, FileNotFoundError) as e:

@@ -1,0 +1,236 @@
+"""The distillation report card: what the student costs and what it kept, teacher vs student on the same prompts.
+
+Writes `distill_report.json` and `distill_report.png` into the student's directory. Every figure is measured here,
+on this machine, on the held-out prompts the student was not trained on:
+
+- parameters and size on disk (weight files) of both models;
+- generation speed: tokens/s, batch 1, greedy, exactly `max_new_tokens` new tokens per prompt (eos ignored so both
+  models produce the same number of tokens), teacher and student timed alternately prompt by prompt so background
+  load hits both alike;
+- agreement: top-1 next-token agreement and KL(teacher || student) per token, teacher-forced on teacher answers;
+- with a reward model: its win rate of student answers over teacher answers (ties count half) and the reward score
+  kept = mean sigmoid(r_student) / mean sigmoid(r_teacher). Raw rewards are unbounded and can be negative, so a
+  ratio of raw means is meaningless; sigmoid(r) is the Bradley-Terry probability of beating a reward-0 answer;
+- output length (tokens, natural greedy answers);
+- `shortfalls`: plain sentences saying where the student falls short.
+
+    python -m rlhf.distill_report --student runs/distill [--teacher DIR] [--reward-model DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+SPEED_TARGET = 1.7  # issue 5: a student worth serving is at least this much faster ...
+KEPT_TARGET = 0.85  # ... and keeps at least this share of the teacher's reward score
+
+
+def size_on_disk(model_dir: str | Path) -> int:
+    """Bytes of weight files (safetensors / bin) in a checkpoint directory."""
+    return sum(p.stat().st_size for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin"))
+
+
+def _speed(teacher, student, tokenizer, prompts, max_new_tokens: int) -> tuple[float, float]:
+    """(teacher tokens/s, student tokens/s) for greedy batch-1 generation of exactly max_new_tokens tokens."""
+    from rlhf.distill import generate
+
+    kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, batch_size=1)
+    for m in (teacher, student):  # warm-up: first calls pay for allocation and kernel selection
+        generate(m, tokenizer, prompts[:1], **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})
+    elapsed = {"teacher": 0.0, "student": 0.0}
+    tokens = {"teacher": 0, "student": 0}
+    for p in prompts:
+        for name, m in (("teacher", teacher), ("student", student)):
+            t0 = time.perf_counter()
+            (ids,) = generate(m, tokenizer, [p], **kw)
+            elapsed[name] += time.perf_counter() - t0
+            tokens[name] += len(ids)
+    return tokens["teacher"] / elapsed["teacher"], tokens["student"] / elapsed["student"]
+
+
+def _reward_scores(reward_model: str, prompts, responses: list[str]) -> list[float]:
+    """Reward of each (prompt, response), through rlhf.reward.score (the project's one scorer)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf.models import load_tokenizer
+    from rlhf.reward import score
+
+    tok = load_tokenizer(reward_model)
+    model = AutoModelForSequenceClassification.from_pretrained(reward_model).eval()
+    return [float(s) for s in score(model, tok, prompts, responses)]
+
+
+def _shortfalls(r: dict[str, Any]) -> list[str]:
+    """Plain sentences on where the student falls short of the teacher (never empty)."""
+    out = []
+    if r["speedup"] < SPEED_TARGET:
+        out.append(f"Generation is only {r['speedup']:.2f}x the teacher's speed (target {SPEED_TARGET}x).")
+    out.append(
+        f"The student picks a different next token than the teacher at {1 - r['top1_agreement']:.0%} of answer "
+        f"positions (KL {r['kl_per_token']:.3f} nats/token)."
+    )
+    rw = r["reward"]
+    if rw["model"] is None:
+        out.append("No reward model was given: answer quality relative to the teacher was not scored.")
+    else:
+        if rw["score_kept"] < KEPT_TARGET:
+            out.append(f"It keeps {rw['score_kept']:.0%} of the teacher's reward score (target {KEPT_TARGET:.0%}).")
+        if rw["student_win_rate"] < 0.5:
+            out.append(
+                f"The reward model prefers the teacher's answer on {1 - rw['student_win_rate']:.0%} of prompts."
+            )
+    ratio = r["output_length_ratio"]
+    if not 0.8 <= ratio <= 1.25:
+        out.append(f"Its answers are {ratio:.2f}x the teacher's length ({'longer' if ratio > 1 else 'shorter'}).")
+    out.append(f"All figures come from {r['prompts']} held-out prompts: differences of a few points are noise.")
+    return out
+
+
+def build_report(
+    teacher: str,
+    student: str,
+    prompts: list[list[dict[str, str]]],
+    teacher_answers: list[list[int]],
+    *,
+    out_dir: str | Path,
+    reward_model: str | None = None,
+    max_new_tokens: int = 64,
+    speed_prompts: int = 8,
+    teacher_model=None,
+    student_model=None,
+    tokenizer=None,
+) -> dict[str, Any]:
+    """Measure teacher vs student, write distill_report.json + .png into out_dir, return the report."""
+    import torch
+
+    from rlhf.distill import divergence, generate
+    from rlhf.models import load_causal_lm, load_tokenizer, resolve_model
+
+    tokenizer = tokenizer or load_tokenizer(teacher)
+    teacher_model = (teacher_model or load_causal_lm(teacher, dtype="float32")).eval()
+    student_model = (student_model or load_causal_lm(student, dtype="float32")).eval()
+    agree = divergence(student_model, teacher_model, tokenizer, prompts, teacher_answers)
+    student_answers = generate(
+        student_model, tokenizer, prompts, max_new_tokens=max_new_tokens, desc="student answers"
+    )
+    t_tps, s_tps = _speed(teacher_model, student_model, tokenizer, prompts[:speed_prompts], max_new_tokens)
+
+    sides = {}
+    for name, path, model, answers, tps in (
+        ("teacher", resolve_model(teacher), teacher_model, teacher_answers, t_tps),
+        ("student", student, student_model, student_answers, s_tps),
+    ):
+        sides[name] = {
+            "path": str(path),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "layers": model.config.num_hidden_layers,
+            "size_on_disk_mb": size_on_disk(path) / 2**20,
+            "tokens_per_s": tps,
+            "mean_output_tokens": sum(map(len, answers)) / len(answers),
+        }
+    reward: dict[str, Any] = {"model": reward_model, "scale": "mean sigmoid(reward); win rate: ties count half"}
+    if reward_model:
+        texts = {
+            n: tokenizer.batch_decode(a, skip_special_tokens=True)
+            for n, a in (("teacher", teacher_answers), ("student", student_answers))
+        }
+        r_t, r_s = (_reward_scores(reward_model, prompts, texts[n]) for n in ("teacher", "student"))
+        sig = lambda xs: sum(1 / (1 + math.exp(-x)) for x in xs) / len(xs)  # noqa: E731
+        reward.update(
+            teacher_mean_raw=sum(r_t) / len(r_t),
+            student_mean_raw=sum(r_s) / len(r_s),
+            teacher_mean=sig(r_t),
+            student_mean=sig(r_s),
+            score_kept=sig(r_s) / sig(r_t),
+            student_win_rate=sum(1.0 if s > t else 0.5 if s == t else 0.0 for s, t in zip(r_s, r_t)) / len(r_s),
+        )
+    report: dict[str, Any] = {
+        "teacher": sides["teacher"],
+        "student": sides["student"],
+        "speedup": s_tps / t_tps,
+        "parameter_ratio": sides["student"]["parameters"] / sides["teacher"]["parameters"],
+        "top1_agreement": agree["top1_agreement"],
+        "kl_per_token": agree["kl"],
+        "reward": reward,
+        "output_length_ratio": sides["student"]["mean_output_tokens"]
+        / max(sides["teacher"]["mean_output_tokens"], 1e-9),
+        "prompts": len(prompts),
+        "speed_prompts": min(speed_prompts, len(prompts)),
+        "max_new_tokens": max_new_tokens,
+        "hardware": {
+            "device": "cpu",
+            "processor": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+    report["shortfalls"] = _shortfalls(report)
+    out_dir = Path(out_dir)
+    (out_dir / "distill_report.json").write_text(json.dumps(report, indent=2))
+    plot_report(report, out_dir / "distill_report.png")
+    print("[distill] report: " + " ".join(report["shortfalls"]))
+    return report
+
+
+def plot_report(report: dict[str, Any], path: str | Path) -> None:
+    """Teacher vs student bars, one panel per figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("parameters (M)", lambda s: s["parameters"] / 1e6),
+        ("size on disk (MB)", lambda s: s["size_on_disk_mb"]),
+        ("generation tokens/s", lambda s: s["tokens_per_s"]),
+        ("mean answer tokens", lambda s: s["mean_output_tokens"]),
+    ]
+    rw = report["reward"]
+    fig, axes = plt.subplots(1, 5, figsize=(16, 3.2))
+    for ax, (title, get) in zip(axes, panels):
+        vals = [get(report["teacher"]), get(report["student"])]
+        ax.bar(["teacher", "student"], vals, color=["tab:blue", "tab:orange"])
+        ax.set_title(title, fontsize=9)
+    ax = axes[-1]
+    names = ["top-1 agreement"] + (["reward kept", "win rate"] if rw["model"] else [])
+    vals = [report["top1_agreement"]] + ([rw["score_kept"], rw["student_win_rate"]] if rw["model"] else [])
+    ax.bar(names, vals, color="tab:orange")
+    ax.axhline(KEPT_TARGET, ls="--", c="grey", lw=0.8)
+    ax.set_ylim(0, max(1.05, max(vals) * 1.1))
+    ax.set_title("student vs teacher", fontsize=9)
+    ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(f"distillation: {report['speedup']:.2f}x faster, {report['parameter_ratio']:.0%} of the parameters")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-measure a finished distillation run on its held-out teacher answers (teacher_answers.jsonl)."""
+    from rlhf.distill import DistillConfig
+
+    p = argparse.ArgumentParser(prog="python -m rlhf.distill_report", description=main.__doc__)
+    p.add_argument("--student", required=True, help="the distill run's output dir")
+    p.add_argument("--teacher", help="teacher dir (default: the one recorded in distill_config.yaml)")
+    p.add_argument("--reward-model", help="reward model dir")
+    args = p.parse_args(argv)
+    import yaml
+
+    cfg = DistillConfig(**yaml.safe_load((Path(args.student) / "distill_config.yaml").read_text()))
+    rows = [json.loads(x) for x in (Path(args.student) / "teacher_answers.jsonl").read_text().splitlines()]
+    held = [r for r in rows if r["split"] == "eval"]
+    build_report(
+        args.teacher or cfg.teacher, args.student, [r["prompt"] for r in held], [r["answer_ids"] for r in held],
+        out_dir=args.student, reward_model=args.reward_model or cfg.reward_model,
+        max_new_tokens=cfg.max_new_tokens, speed_prompts=cfg.speed_prompts,
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

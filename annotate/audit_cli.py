@@ -1,0 +1,63 @@
+"""`python -m annotate audit --store DIR [--report report.html] [--json out.json] [--pool POOL]`.
+
+Prints the plain-language findings; writes the HTML report and/or the JSON with every number. Gold pairs come
+from `--pool` (responses with a numeric `gold_score` in meta), or from pools imported into the store
+(STORE/pool/*.parquet) when no --pool is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, help="comparison store: a directory or an fsspec URL")
+    parser.add_argument("--report", type=Path, default=None, help="write a self-contained HTML report here")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure as JSON here")
+    parser.add_argument(
+        "--pool", type=Path, default=None, help="candidate pool whose meta.gold_score marks gold pairs"
+    )
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for confidence intervals")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument(
+        "--length-unit", choices=("chars", "words"), default="chars", help="unit of response length for length bias"
+    )
+
+
+def _gold(pool: Path | None, store: str):
+    from annotate.audit import gold_from_pool
+
+    if pool is not None:
+        from annotate.pool import read_pool
+
+        return gold_from_pool(read_pool(pool))
+    imported = sorted(Path(store).glob("pool/*.parquet")) if Path(store).is_dir() else []
+    if not imported:
+        return {}
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return gold_from_pool(pa.concat_tables([pq.read_table(p) for p in imported]))
+
+
+def main(args: argparse.Namespace) -> int:
+    from annotate.audit import run_audit
+    from annotate.audit_report import findings, write_html, write_json
+    from annotate.schema import SchemaError
+    from annotate.store import read_table
+
+    if args.n_boot < 0:
+        raise SchemaError(f"--n-boot: must be >= 0, got {args.n_boot}")
+    table = read_table(str(args.store))
+    if table.num_rows == 0:
+        raise SchemaError(f"{args.store}: the store holds no comparisons to audit")
+    audit = run_audit(table, _gold(args.pool, str(args.store)), n_boot=args.n_boot, seed=args.seed,
+                      length_unit=args.length_unit)  # fmt: skip
+    for line in findings(audit):
+        print(f"- {line}")
+    if args.report:
+        print(f"report: {write_html(audit, args.report)}")
+    if args.json:
+        print(f"json: {write_json(audit, args.json)}")
+    return 0

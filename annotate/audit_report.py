@@ -1,0 +1,346 @@
+"""The audit as people read it: plain-language findings, matplotlib figures, a self-contained HTML page
+(figures embedded as base64 PNG) and JSON with the same numbers.
+
+Every function takes the dict of annotate.audit.run_audit, raw (NaN) or after to_jsonable (None).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from annotate.audit import to_jsonable
+
+
+def _f(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if not math.isfinite(_f(x)) else f"{100 * _f(x):.0f}%"
+
+
+def _ci_pct(ci: list) -> str:
+    lo, hi = (_f(c) for c in ci)
+    return "CI n/a" if not (math.isfinite(lo) and math.isfinite(hi)) else f"95% CI {100 * lo:.0f}-{100 * hi:.0f}%"
+
+
+def _p(p: Any) -> str:
+    p = _f(p)
+    return "p n/a" if not math.isfinite(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _alpha_words(a: float) -> str:
+    # Krippendorff (2004): >= 0.8 reliable, 0.667-0.8 tentative conclusions only, below that unreliable.
+    if a >= 0.8:
+        return "good agreement"
+    if a >= 0.667:
+        return "acceptable only for tentative conclusions (Krippendorff's threshold is 0.667-0.8)"
+    if a > 0:
+        return "low agreement (below Krippendorff's 0.667 threshold)"
+    return "no better than chance"
+
+
+def findings(audit: dict) -> list[str]:
+    """Plain-language sentences, most important first."""
+    s, out = audit["summary"], []
+    if s["votes"] == 0:
+        return ["The store holds no standing votes yet."]
+    out.append(
+        f"{_n(s['votes'], 'standing vote')} from {_n(s['annotators'], 'annotator')} on {_n(s['pairs'], 'pair')} "
+        f"({s['gold_votes']} on gold pairs, {s['repeat_votes']} repeats, {s['honeypot_votes']} honeypots)."
+    )
+    al = audit["agreement"]["alpha"]
+    if math.isfinite(_f(al["alpha"])):
+        lo, hi = (_f(c) for c in al["ci"])
+        ci = f"95% CI {lo:.2f} to {hi:.2f}" if math.isfinite(lo) and math.isfinite(hi) else "CI n/a"
+        out.append(
+            f"Krippendorff's alpha is {_f(al['alpha']):.2f} ({ci}) over {al['units']} pairs "
+            f"judged by two or more annotators: {_alpha_words(_f(al['alpha']))}."
+        )
+    else:
+        out.append("No pair was judged by two annotators, so agreement cannot be measured (use --overlap 2).")
+    out += _bias_findings(audit)
+    rc = audit["flags"]["random_clickers"]
+    if rc:
+        for name in rc:
+            m = audit["annotators"][name]["majority"]
+            out.append(
+                f"{name} looks like a random clicker: agreed with the other annotators' majority on "
+                f"{_pct(m['rate'])} of {m['n']} pairs, where {_pct(m['chance'])} is expected by chance."
+            )
+    else:
+        out.append("No annotator was flagged as a random clicker.")
+    out += _habit_findings(audit)
+    out += _ranking_findings(audit["ranking"])
+    return out
+
+
+def _bias_findings(audit: dict) -> list[str]:
+    out = []
+    pos = audit["position"]["overall"]
+    if pos["n"]:
+        verdict = "a position bias" if _f(pos["p_value"]) < 0.05 else "no detectable position bias"
+        out.append(
+            f"Annotators chose the left response {_pct(pos['rate'])} of the time ({_ci_pct(pos['ci'])}, "
+            f"binomial {_p(pos['p_value'])}): {verdict}."
+        )
+    else:
+        out.append("No decisive vote has a recorded left/right placement (e.g. imported data): no position figures.")
+    flips = audit["position"]["flips"]["overall"]
+    if flips["n"]:
+        out.append(
+            f"On {flips['n']} pairs shown again with the sides swapped, the chosen response changed "
+            f"{_pct(flips['rate'])} of the time ({_ci_pct(flips['ci'])})."
+        )
+    pl, unit = audit["length"]["p_longer"]["overall"], audit["length"]["unit"]
+    if pl["n"]:
+        out.append(
+            f"Annotators chose the longer response {_pct(pl['rate'])} of the time ({_ci_pct(pl['ci'])}; "
+            f"{pl['n']} decisive votes with lengths differing in {unit}; binomial {_p(pl['p_value'])})."
+        )
+    reg = audit["length"]["regression"]["overall"]
+    if reg and "length" in reg["coefficients"]:
+        c, sd = reg["coefficients"]["length"], _f(audit["length"]["sd"]["length"])
+        lo, hi = (math.exp(_f(x)) for x in c["ci"])
+        out.append(
+            f"Each standard deviation of length difference ({sd:.0f} {unit}) multiplies the odds of being chosen "
+            f"by {math.exp(_f(c['coef'])):.2f} (95% CI {lo:.2f}-{hi:.2f}), holding position, hedging and "
+            "confidence fixed."
+        )
+        for name in ("hedges", "confidence"):
+            c = reg["coefficients"].get(name)
+            if c and _f(c["p_value"]) < 0.05:
+                word = "more" if _f(c["coef"]) > 0 else "less"
+                out.append(f"Responses with more {name} markers were chosen {word} often ({_p(c['p_value'])}).")
+    pvc = audit["preferred_vs_correct"]["overall"]
+    if pvc["n"]:
+        out.append(
+            f"Where annotators also marked the more correct response ({pvc['n']} votes), their overall pick was the "
+            f"other response {_pct(pvc['rate'])} of the time ({_ci_pct(pvc['ci'])})."
+        )
+    return out
+
+
+def _habit_findings(audit: dict) -> list[str]:
+    """One sentence per annotator flagged for a side or length habit."""
+    out = []
+    for name, flags in sorted(audit["flags"]["per_annotator"].items()):
+        if "position_bias" in flags:
+            st = audit["position"]["per_annotator"][name]
+            out.append(f"{name} chose the left response {_pct(st['rate'])} of the time ({_ci_pct(st['ci'])}, "
+                       f"{_p(st['p_value'])}).")  # fmt: skip
+        if "length_bias" in flags:
+            st = audit["length"]["p_longer"]["per_annotator"][name]
+            out.append(f"{name} chose the longer response {_pct(st['rate'])} of the time ({_ci_pct(st['ci'])}, "
+                       f"{_p(st['p_value'])}).")  # fmt: skip
+    return out
+
+
+def _ranking_findings(rank: dict) -> list[str]:
+    if not rank["plain"]:
+        return ["Fewer than two candidate sources: no Bradley-Terry ranking."]
+
+    def order(rows):
+        return " > ".join(f"{r['source']} ({_f(r['score']):.0f})" for r in rows)
+
+    out = [f"Bradley-Terry ranking of sources: {order(rank['plain'])}."]
+    out.append(f"Controlling for length and Markdown formatting: {order(rank['style'])}.")
+    return out
+
+
+# -- figures ---------------------------------------------------------------------------------------------------
+def _subplots(figsize: tuple[float, float]):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
+
+
+def _errorbar(ax, names: list[str], stats: list[dict], color: str, label: str | None = None, shift: float = 0.0):
+    ys = [_f(s["rate"]) for s in stats]
+    lo = [max(y - _f(s["ci"][0]), 0) if math.isfinite(y) else 0 for y, s in zip(ys, stats)]
+    hi = [max(_f(s["ci"][1]) - y, 0) if math.isfinite(y) else 0 for y, s in zip(ys, stats)]
+    xs = [i + shift for i in range(len(stats))]
+    ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", color=color, capsize=4, label=label)
+
+
+def _rate_figure(audit: dict, per: dict, overall: dict, title: str, ylabel: str, null: float = 0.5):
+    names = sorted(per)
+    fig, ax = _subplots(figsize=(max(5, 0.7 * len(names) + 2), 3.6))
+    flagged = set(audit["flags"]["random_clickers"])
+    _errorbar(ax, names, [per[n] for n in names], "tab:blue", "per annotator")
+    _errorbar(ax, ["ALL"], [overall], "black", "all annotators", shift=len(names))
+    ax.axhline(null, color="grey", ls="--", lw=1, label=f"no bias ({null:.0%})")
+    ax.set_xticks(range(len(names) + 1), [f"{n} *" if n in flagged else n for n in names] + ["ALL"], rotation=30)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def _annotator_figure(audit: dict):
+    ann = audit["annotators"]
+    names = sorted(ann)
+    fig, ax = _subplots(figsize=(max(5, 0.7 * len(names) + 2), 3.6))
+    _errorbar(ax, names, [ann[n]["majority"] for n in names], "tab:blue", "agreement with majority", -0.12)
+    _errorbar(ax, names, [ann[n]["gold"] for n in names], "tab:orange", "gold accuracy", 0.12)
+    ax.scatter(range(len(names)), [_f(ann[n]["majority"]["chance"]) for n in names], marker="_", s=300,
+               color="black", label="chance agreement", zorder=3)  # fmt: skip
+    flagged = set(audit["flags"]["random_clickers"])
+    ax.set_xticks(range(len(names)), [f"{n} *" if n in flagged else n for n in names], rotation=30)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("share (95% CI)")
+    ax.set_title("Annotator quality (* = flagged random clicker)")
+    ax.legend(loc="lower left", fontsize=8)
+    return fig
+
+
+def _ranking_figure(rank: dict):
+    fig, ax = _subplots(figsize=(6, max(2.5, 0.5 * len(rank["plain"]) + 1.5)))
+    order = [r["source"] for r in rank["plain"]][::-1]
+    for kind, color, dy in (("plain", "tab:blue", 0.15), ("style", "tab:green", -0.15)):
+        by = {r["source"]: r for r in rank[kind]}
+        xs = [_f(by[s]["score"]) for s in order]
+        err = [[max(x - _f(by[s]["ci"][0]), 0) for x, s in zip(xs, order)],
+               [max(_f(by[s]["ci"][1]) - x, 0) for x, s in zip(xs, order)]]  # fmt: skip
+        label = "plain" if kind == "plain" else "style-controlled (length, formatting)"
+        ax.errorbar(xs, [i + dy for i in range(len(order))], xerr=err, fmt="o", color=color, capsize=4, label=label)
+    ax.set_yticks(range(len(order)), order)
+    ax.axvline(1000, color="grey", lw=1, ls="--")
+    ax.set_xlabel("Bradley-Terry score (Elo scale, mean 1000; 95% bootstrap CI)")
+    ax.set_title("Ranking of candidate sources")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def empty_figures(audit: dict) -> dict[str, str]:
+    """Figures with nothing to show, and why (the HTML leaves them out; the Dashboard shows the reason)."""
+    ann = audit["annotators"].values()
+    reasons = {
+        "position": audit["position"]["overall"]["n"] == 0 and "no decisive vote with a recorded left/right side",
+        "length": audit["length"]["p_longer"]["overall"]["n"] == 0
+        and "no decisive vote on responses of unequal length",
+        "annotators": not any(a["majority"]["n"] or a["gold"]["n"] for a in ann)
+        and "no pair judged by two annotators and no gold pair",
+        "ranking": not audit["ranking"]["plain"] and "fewer than two candidate sources",
+    }
+    return {name: why for name, why in reasons.items() if why}
+
+
+def _placeholder(title: str, why: str):
+    fig, ax = _subplots(figsize=(5, 1.6))
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, f"{title}: {why}", ha="center", va="center", wrap=True)
+    return fig
+
+
+def make_figures(audit: dict) -> dict:
+    """name -> matplotlib Figure, always the keys position, length, annotators, ranking (a figure with nothing
+    to show says why). Built without pyplot, so nothing is kept alive by a global registry (the Dashboard
+    redraws these on every refresh)."""
+    length = audit["length"]
+    builders = {
+        "position": lambda: _rate_figure(audit, audit["position"]["per_annotator"], audit["position"]["overall"],
+                                         "Position bias: share of left wins", "left chosen (95% CI)"),
+        "length": lambda: _rate_figure(audit, length["p_longer"]["per_annotator"], length["p_longer"]["overall"],
+                                       "Length bias: share of longer wins",
+                                       f"longer ({length['unit']}) chosen (95% CI)"),
+        "annotators": lambda: _annotator_figure(audit),
+        "ranking": lambda: _ranking_figure(audit["ranking"]),
+    }  # fmt: skip
+    empty = empty_figures(audit)
+    return {name: _placeholder(name, empty[name]) if name in empty else build() for name, build in builders.items()}
+
+
+def _png_b64(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+# -- HTML and JSON ---------------------------------------------------------------------------------------------
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.flag{color:#b00;font-weight:bold}
+li{margin:.3em 0}img{max-width:100%}code{background:#f3f3f3;padding:0 3px}"""
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _annotator_rows(audit: dict) -> list[list[Any]]:
+    rows = []
+    for name, a in sorted(audit["annotators"].items()):
+        pos = audit["position"]["per_annotator"].get(name, {"rate": None, "ci": [None, None]})
+        lng = audit["length"]["p_longer"]["per_annotator"].get(name, {"rate": None, "ci": [None, None]})
+        flags = ", ".join(a.get("flags", []))
+        rows.append([
+            html.escape(name), a["votes"], f"{_pct(a['gold']['rate'])} (n={a['gold']['n']})",
+            f"{_pct(a['majority']['rate'])} vs {_pct(a['majority']['chance'])} (n={a['majority']['n']})",
+            f"{_pct(pos['rate'])} [{_ci_pct(pos['ci'])}]", f"{_pct(lng['rate'])} [{_ci_pct(lng['ci'])}]",
+            f"{_f(a['decision_ms']['median']) / 1000:.1f}", f"<span class=flag>{html.escape(flags)}</span>",
+        ])  # fmt: skip
+    return rows
+
+
+def _rank_row(r: dict) -> list[Any]:
+    ci = f"{_f(r['ci'][0]):.0f} to {_f(r['ci'][1]):.0f}"
+    return [r["rank"], html.escape(r["source"]), f"{_f(r['score']):.0f}", ci, r["comparisons"]]
+
+
+def render_html(audit: dict, title: str = "Preference data audit") -> str:
+    """A self-contained HTML page: findings, figures (base64 PNG), tables and the definitions used."""
+    empty = empty_figures(audit)
+    figs = {name: _png_b64(fig) for name, fig in make_figures(audit).items() if name not in empty}
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in findings(audit))
+    imgs = "".join(f'<p><img alt="{n}" src="data:image/png;base64,{b}"></p>' for n, b in figs.items())
+    ann = _table(
+        ["annotator", "votes", "gold accuracy", "agreement with majority vs chance", "left chosen", "longer chosen",
+         "median decision (s)", "flags"], _annotator_rows(audit))  # fmt: skip
+    kappa = _table(
+        ["annotators", "shared pairs", "Cohen's kappa", "95% CI"],
+        [[html.escape(" / ".join(p["annotators"])), p["n"], f"{_f(p['kappa']):.2f}",
+          f"{_f(p['ci'][0]):.2f} to {_f(p['ci'][1]):.2f}"] for p in audit["agreement"]["kappa_pairs"]],
+    )  # fmt: skip
+    rank = audit["ranking"]
+    rank_rows = {kind: [_rank_row(r) for r in rank[kind]] for kind in ("plain", "style")}
+    heads = ["rank", "source", "score", "95% CI", "comparisons"]
+    d = audit["definitions"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>
+<h2>Findings</h2><ul>{items}</ul><h2>Figures</h2>{imgs}
+<h2>Annotators</h2>{ann}<h2>Pairwise agreement</h2>{kappa}
+<h2>Bradley-Terry ranking</h2><h3>Plain</h3>{_table(heads, rank_rows["plain"])}
+<h3>Style-controlled (length and Markdown headers, lists, bold as covariates)</h3>{_table(heads, rank_rows["style"])}
+<h2>Definitions</h2><p>{html.escape(d["random_clicker_rule"])}</p>
+<p>Hedging markers (per 100 words): <code>{html.escape(", ".join(d["hedge_markers"]))}</code></p>
+<p>Confidence markers (per 100 words): <code>{html.escape(", ".join(d["confidence_markers"]))}</code></p>
+<p>A pair is a prompt and an unordered pair of response ids; ties and both_bad are categories of their own in
+agreement; skips are left out. The full numbers are in the JSON report.</p></body></html>"""
+
+
+def write_json(audit: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(to_jsonable(audit), indent=2, allow_nan=False))
+    return path
+
+
+def write_html(audit: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(render_html(audit), encoding="utf-8")
+    return path

@@ -17,7 +17,6 @@ Conventions:
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -26,10 +25,9 @@ import pandas as pd
 import pyarrow as pa
 
 from annotate.audit_features import CONFIDENCE_MARKERS, FEATURES, HEDGE_MARKERS, pair_features
+from annotate.pool import GoldMap, gold_pairs
 
 LABELS = ("lo", "hi", "tie", "both_bad")  # label codes 0..3; -1 = skip
-# (prompt_id, response_id, response_id) with ids in sorted order -> id of the known-better response
-GoldMap = dict[tuple[str, str, str], str]
 
 RANDOM_CLICKER_RULE = (
     "An annotator is flagged as a random clicker when (1) at least {min_n} of their votes can be checked against "
@@ -43,25 +41,7 @@ RANDOM_CLICKER_RULE = (
 )
 
 
-def gold_from_pool(pool: pa.Table) -> GoldMap:
-    """Gold pairs from a candidate pool: both responses carry a numeric `gold_score` in `meta` and the scores
-    differ; the higher score is the known-better response (the sampler's convention)."""
-    scores: dict[str, dict[str, float]] = {}
-    for row in pool.select(["prompt_id", "response_id", "meta"]).to_pylist():
-        try:
-            value = json.loads(row["meta"] or "{}").get("gold_score")
-        except (json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            scores.setdefault(row["prompt_id"], {})[row["response_id"]] = float(value)
-    gold: GoldMap = {}
-    for pid, by_id in scores.items():
-        ids = sorted(by_id)
-        for i, lo in enumerate(ids):
-            for hi in ids[i + 1 :]:
-                if by_id[lo] != by_id[hi]:
-                    gold[(pid, lo, hi)] = lo if by_id[lo] > by_id[hi] else hi
-    return gold
+gold_from_pool = gold_pairs  # the one definition lives with the pool
 
 
 def _effective(data: pa.Table | pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,30 @@ import pyarrow as pa
 from annotate.schema import SchemaError, check_pool_row, pool_table
 
 
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a .jsonl or .jsonl.gz file; errors name file and line."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    n = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SchemaError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise SchemaError(f"{path}: line {n}: expected a JSON object")
+                yield n, row
+    except UnicodeDecodeError as e:
+        raise SchemaError(f"{path}: line {n + 1}: not UTF-8 text ({e.reason})") from None
+    except (EOFError, OSError) as e:  # gzip raises these for a truncated or corrupt stream
+        raise SchemaError(f"{path}: line {n + 1}: unreadable or truncated file ({e})") from None
+
+
 def _rows(path: Path) -> Iterator[tuple[int, dict]]:
     suffixes = "".join(path.suffixes[-2:])
     if path.suffix == ".parquet":
@@ -40,23 +64,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
                         pass  # plain text that happens to start with '['
                 yield i + 2, row  # line 1 is the header
     elif path.suffix == ".jsonl" or suffixes == ".jsonl.gz":
-        import gzip
-
-        opener = gzip.open if path.suffix == ".gz" else open
-        try:
-            with opener(path, "rt", encoding="utf-8") as f:
-                for i, line in enumerate(f):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise SchemaError(f"{path}: line {i + 1}: invalid JSON ({e.msg})") from None
-                    if not isinstance(row, dict):
-                        raise SchemaError(f"{path}: line {i + 1}: expected a JSON object")
-                    yield i + 1, row
-        except (EOFError, OSError) as e:
-            raise SchemaError(f"{path}: unreadable or truncated file ({e})") from None
+        yield from iter_jsonl(path)
     else:
         raise SchemaError(f"{path}: unknown pool format (use .jsonl, .jsonl.gz, .csv or .parquet)")
 
@@ -98,3 +106,27 @@ def write_pool(table_or_rows: pa.Table | list[dict], path: str | Path) -> Path:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return path
+
+
+GoldMap = dict[tuple[str, str, str], str]  # (prompt_id, lower response id, higher response id) -> winning id
+
+
+def gold_pairs(pool: pa.Table) -> GoldMap:
+    """Gold pairs (known answer) of a pool: both responses carry a numeric `gold_score` in `meta` and the scores
+    differ; the higher score is the known-better response. The sampler and the audit both read gold from here."""
+    scores: dict[str, dict[str, float]] = {}
+    for row in pool.select(["prompt_id", "response_id", "meta"]).to_pylist():
+        try:
+            value = json.loads(row["meta"] or "{}").get("gold_score")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            scores.setdefault(row["prompt_id"], {})[row["response_id"]] = float(value)
+    gold: GoldMap = {}
+    for pid, by_id in scores.items():
+        ids = sorted(by_id)
+        for i, lo in enumerate(ids):
+            for hi in ids[i + 1 :]:
+                if by_id[lo] != by_id[hi]:
+                    gold[(pid, lo, hi)] = lo if by_id[lo] > by_id[hi] else hi
+    return gold

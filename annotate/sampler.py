@@ -20,7 +20,6 @@ thread-safe (Gradio runs handlers in threads). Strategies plug in through STRATE
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 from collections import defaultdict
@@ -31,6 +30,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
+from annotate.pool import gold_pairs
 from annotate.schema import SchemaError
 
 
@@ -39,7 +39,6 @@ class Candidate:
     response_id: str
     text: str
     source: str
-    gold_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -110,14 +109,6 @@ class ActiveStrategy:
 STRATEGIES: dict[str, type] = {"uniform": UniformStrategy, "balanced": BalancedStrategy, "active": ActiveStrategy}
 
 
-def _gold_score(meta: str | None) -> float | None:
-    try:
-        value = json.loads(meta or "{}").get("gold_score")
-    except (json.JSONDecodeError, AttributeError):
-        return None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 class PairSampler:
     def __init__(
         self,
@@ -160,10 +151,11 @@ class PairSampler:
 
     # -- set-up --------------------------------------------------------------------------------------------
     def _build_pairs(self, pool: pa.Table) -> None:
+        self.gold = gold_pairs(pool)
         by_prompt: dict[str, tuple[list, list[Candidate]]] = {}
         for row in pool.select(["prompt_id", "prompt", "response_id", "response", "source", "meta"]).to_pylist():
             prompt, cands = by_prompt.setdefault(row["prompt_id"], (row["prompt"], []))
-            cands.append(Candidate(row["response_id"], row["response"], row["source"], _gold_score(row["meta"])))
+            cands.append(Candidate(row["response_id"], row["response"], row["source"]))
         self.prompts = {pid: prompt for pid, (prompt, _) in by_prompt.items()}
         self.candidates = {(pid, c.response_id): c for pid, (_, cs) in by_prompt.items() for c in cs}
         self.pairs: list[tuple[str, Candidate, Candidate, str | None]] = []
@@ -171,10 +163,9 @@ class PairSampler:
             cands = sorted(cands, key=lambda c: c.response_id)  # canonical a/b: stable across restarts
             for i, a in enumerate(cands):
                 for b in cands[i + 1 :]:
-                    gold = None
-                    if a.gold_score is not None and b.gold_score is not None and a.gold_score != b.gold_score:
-                        gold = "a" if a.gold_score > b.gold_score else "b"
-                    self.pairs.append((pid, a, b, gold))
+                    winner = self.gold.get((pid, a.response_id, b.response_id))
+                    side = None if winner is None else ("a" if winner == a.response_id else "b")
+                    self.pairs.append((pid, a, b, side))
         if not self.pairs:
             raise SchemaError("pool: no prompt has two or more candidates, so there is nothing to compare")
         self._index = {(pid, a.response_id, b.response_id): i for i, (pid, a, b, _) in enumerate(self.pairs)}

@@ -192,20 +192,12 @@ def _canonical(pick: str, left: str) -> str:
     return pick
 
 
-def dashboard_tables(store: ComparisonStore) -> dict[str, pd.DataFrame]:
-    """Simple live counts for the admin Dashboard. The audit module (issue 6) replaces this seam."""
-    from annotate.store import effective_votes
+def dashboard_view(store: ComparisonStore, gold: dict | None = None) -> dict:
+    """The admin Dashboard, live: the audit's plain-language findings, one row per annotator, and its figures
+    (the same numbers as `python -m annotate audit`, with fewer bootstrap draws so a refresh stays quick)."""
+    from annotate.audit import dashboard_figures, dashboard_summary
 
-    df = effective_votes(store.read())
-    if df.empty:
-        empty = pd.DataFrame({"note": ["no votes yet"]})
-        return {"by_choice": empty, "by_annotator": empty}
-    by_choice = df.groupby("choice").size().rename("votes").reset_index()
-    left_won = ((df["choice"] == df["left"]) & df["choice"].isin(["a", "b"])).groupby(df["annotator"]).sum()
-    by_annotator = (
-        df.groupby("annotator")
-        .agg(votes=("choice", "size"), median_decision_ms=("decision_ms", "median"))
-        .assign(left_wins=left_won)
-        .reset_index()
-    )
-    return {"by_choice": by_choice, "by_annotator": by_annotator}
+    summary = dashboard_summary(store.read(), gold, n_boot=200)
+    findings = "\n".join(f"- {line}" for line in summary["findings"])
+    annotators = pd.DataFrame(summary["annotators"]) if summary["annotators"] else pd.DataFrame({"note": ["no votes"]})
+    return {"findings": findings, "annotators": annotators.round(3), "figures": dashboard_figures(summary)}

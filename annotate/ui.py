@@ -11,7 +11,7 @@ from pathlib import Path
 
 from annotate.sampler import PairSampler
 from annotate.schema import CRITERIA
-from annotate.session import DEFAULT_GUIDELINES, AnnotationService, SessionState, View, VoteError, dashboard_tables
+from annotate.session import DEFAULT_GUIDELINES, AnnotationService, SessionState, View, VoteError, dashboard_view
 from annotate.store import ComparisonStore
 from annotate.users import Authenticator
 
@@ -110,8 +110,12 @@ def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -
                 export_file = gr.File(label="Snapshot", interactive=False)
             with gr.Tab("Dashboard", visible=False) as dash_tab:
                 refresh = gr.Button("Refresh")
-                by_choice = gr.Dataframe(label="Votes by choice", interactive=False)
-                by_annotator = gr.Dataframe(label="Votes by annotator", interactive=False)
+                findings = gr.Markdown(elem_id="findings")
+                by_annotator = gr.Dataframe(label="Annotators", interactive=False)
+                with gr.Row():
+                    plots = {k: gr.Plot(label=k.capitalize()) for k in ("position", "length")}
+                with gr.Row():
+                    plots.update({k: gr.Plot(label=k.capitalize()) for k in ("annotators", "ranking")})
 
         pair_outputs = [prompt, left, right, progress, message, token, strength, rationale, *crit, *buttons.values()]
 
@@ -164,8 +168,10 @@ def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -
         def on_dashboard(request: gr.Request):
             if not is_admin(request):
                 raise gr.Error("only admins can see the dashboard")
-            tables = dashboard_tables(store)
-            return {by_choice: tables["by_choice"], by_annotator: tables["by_annotator"]}
+            view = dashboard_view(store, sampler.gold)
+            upd = {findings: view["findings"], by_annotator: view["annotators"]}
+            upd.update({plots[k]: fig for k, fig in view["figures"].items() if k in plots})
+            return upd
 
         vote_inputs = [strength, *crit, rationale, token, name, state]  # after the choice, in on_vote's order
         all_out = [*pair_outputs, state]
@@ -180,6 +186,7 @@ def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -
         api_vote.click(on_vote, [choice, *vote_inputs], all_out, api_name="vote")
         undo.click(on_undo, [name, state], all_out, api_name="undo")
         export_btn.click(on_export, None, [export_file], api_visibility="private")
-        refresh.click(on_dashboard, None, [by_choice, by_annotator], api_visibility="private")
-        dash_tab.select(on_dashboard, None, [by_choice, by_annotator], api_visibility="private")
+        dash_out = [findings, by_annotator, *plots.values()]
+        refresh.click(on_dashboard, None, dash_out, api_visibility="private")
+        dash_tab.select(on_dashboard, None, dash_out, api_visibility="private")
     return app

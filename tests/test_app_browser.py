@@ -52,6 +52,14 @@ def test_browser_votes_and_no_script_runs(tmp_path):
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
             assert page.evaluate("typeof window.__pwned") == "undefined"
+
+            # Demo mode is admin: the Dashboard shows the audit's findings and plots for the votes just cast.
+            page.get_by_role("tab", name="Dashboard").click()
+            page.wait_for_function(
+                "(document.querySelector('#findings')?.innerText || '').includes('standing vote')", timeout=30000
+            )
+            assert page.locator("#findings li").count() >= 1
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             browser.close()
     votes = read_table(str(store)).to_pylist()
     assert len(votes) == 2 and {v["annotator"] for v in votes} == {"demo"}

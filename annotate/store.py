@@ -137,7 +137,8 @@ class ComparisonStore:
                 self.root, comparisons_table(self._seg_records), f"part-{seg_id}.parquet", [f"wal/{self._seg_name}"]
             )
         os.close(self._seg_fd)
-        os.unlink(self.root / "wal" / self._seg_name)
+        # A concurrent compact() may already have removed it (it was listed as replaced by our new part).
+        (self.root / "wal" / self._seg_name).unlink(missing_ok=True)
         self._seg_fd, self._seg_name, self._seg_records = None, None, []
 
     def close(self) -> None:
@@ -168,37 +169,53 @@ class ComparisonStore:
         Live writers keep appending to their own segments meanwhile; those are left alone.
         """
         lock_fd = os.open(self.root / ".compact.lock", os.O_WRONLY | os.O_CREAT, 0o644)
+        orphan_fds: list[int] = []
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            parts, segments, _ = _live_files(fsspec.filesystem("file"), str(self.root))
-            orphan_fds, orphans = [], []
-            for seg in segments:
-                fd = os.open(seg, os.O_RDONLY)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)  # a live writer owns it
-                    continue
-                orphan_fds.append(fd)
-                orphans.append(seg)
-            if len(parts) + len(orphans) <= 1 and not orphans:
-                return Path(parts[0]) if parts else None
             fs = fsspec.filesystem("file")
-            tables = [_read_parts(fs, parts)] + [_read_segment(fs, s) for s in orphans]
-            table = pa.concat_tables(tables)
-            replaces = [os.path.relpath(p, self.root) for p in parts + orphans]
+            locked = self._lock_orphan_segments(orphan_fds)
+            # List parts only now: a writer renames its sealed part in before it releases its segment's lock, so
+            # a segment we hold is either still current or already named as replaced by a part listed here.
+            parts, segments, replaced = _live_files(fs, str(self.root))
+            orphans = [s for s in locked if s in set(segments)]
+            # Files already replaced but still on disk (a crash between rename and unlink). The new part must
+            # name them too: once the part that replaced them is deleted, nothing else would hide them.
+            stale = [r for r in sorted(replaced) if os.path.exists(r)]
+            if len(parts) <= 1 and not orphans and not stale:
+                return Path(parts[0]) if parts else None
+            table = pa.concat_tables([_read_parts(fs, parts)] + [_read_segment(fs, s) for s in orphans])
+            replaces = [os.path.relpath(p, self.root) for p in parts + orphans + stale]
             out = write_parquet_atomic(self.root, table, f"part-compact-{uuid.uuid4().hex}.parquet", replaces)
-            for p in parts + orphans:
-                os.unlink(p)
-            for fd in orphan_fds:
-                os.close(fd)
+            for p in parts + orphans + stale:
+                Path(p).unlink(missing_ok=True)
             _fsync_dir(self.root)
             _fsync_dir(self.root / "wal")
-            for stale in (self.root / ".tmp").glob("*.tmp"):
-                stale.unlink(missing_ok=True)  # left by writers killed mid-rename; never visible to readers
+            cutoff = time.time() - 3600  # younger ones may belong to a live writer sealing right now
+            for tmp in (self.root / ".tmp").glob("*.tmp"):
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink(missing_ok=True)  # left by writers killed mid-write; never visible to readers
             return out
         finally:
+            for fd in orphan_fds:
+                os.close(fd)
             os.close(lock_fd)
+
+    def _lock_orphan_segments(self, fds: list[int]) -> list[str]:
+        """Lock every segment no live writer holds (their writers are dead); the fds go into `fds`."""
+        locked = []
+        for seg in sorted(fsspec.filesystem("file").glob(f"{self.root}/wal/seg-*.jsonl")):
+            try:
+                fd = os.open(seg, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # sealed by its writer meanwhile
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # a live writer owns it
+                continue
+            fds.append(fd)
+            locked.append(seg)
+        return locked
 
 
 def _live_files(fs: fsspec.AbstractFileSystem, root: str) -> tuple[list[str], list[str], set[str]]:
@@ -261,8 +278,16 @@ def read_table(root: str) -> pa.Table:
     raise AssertionError("unreachable")
 
 
+def effective_table(table: pa.Table) -> pa.Table:
+    """Votes that stand, as Arrow (vectorised): retraction records and the votes they retract are both removed."""
+    import pyarrow.compute as pc
+
+    retracts = table.column("retracts")
+    retracted = pc.unique(pc.drop_null(retracts))
+    keep = pc.and_(pc.is_null(retracts), pc.invert(pc.is_in(table.column("comparison_id"), value_set=retracted)))
+    return table.filter(keep)
+
+
 def effective_votes(table: pa.Table) -> pd.DataFrame:
     """Votes that stand: retraction records and the votes they retract are both removed."""
-    df = table.to_pandas()
-    retracted = set(df["retracts"].dropna())
-    return df[df["retracts"].isna() & ~df["comparison_id"].isin(retracted)].reset_index(drop=True)
+    return effective_table(table).to_pandas()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -284,17 +285,15 @@ def test_dashboard_seam(tmp_path):
 
 
 def _direct_p_longer(path: Path) -> tuple[int, int]:
-    """Count straight from the file: records whose chosen reply is longer than the rejected one (characters,
-    replies = text after the last '\\n\\nAssistant:', stripped; records with differing prompts or equal lengths
-    left out, as the importer and the audit do)."""
+    """Count straight from the file: records whose chosen reply is longer than the rejected one (characters;
+    a reply is the text after the last '\\n\\nAssistant:' the two dialogues share, stripped; equal lengths left
+    out, as the audit does)."""
     k = n = 0
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
-            ic, ir = row["chosen"].rfind("\n\nAssistant:"), row["rejected"].rfind("\n\nAssistant:")
-            if row["chosen"][:ic] != row["rejected"][:ir]:
-                continue
-            lc, lr = len(row["chosen"][ic + 12 :].strip()), len(row["rejected"][ir + 12 :].strip())
+            cut = os.path.commonprefix([row["chosen"], row["rejected"]]).rfind("\n\nAssistant:") + 12
+            lc, lr = len(row["chosen"][cut:].strip()), len(row["rejected"][cut:].strip())
             if lc != lr:
                 n += 1
                 k += lc > lr

@@ -1,0 +1,109 @@
+"""`python -m annotate stats --store DIR` (counts as tables) and `python -m annotate compact --store DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import numbers
+from pathlib import Path
+
+import pandas as pd
+
+from annotate.schema import CHOICES
+
+
+def store_stats(store: str) -> dict[str, pd.DataFrame | dict]:
+    """Counts of a store: totals, votes by choice, by annotator (x choice), by source (appearances, wins, losses)."""
+    import pyarrow.compute as pc
+
+    from annotate.store import effective_table, read_table
+
+    table = read_table(store)
+    cols = ["comparison_id", "prompt_id", "choice", "annotator", "source_a", "source_b", "retracts"]
+    all_votes = table.select(cols).to_pandas()
+    votes = effective_table(table.select(cols)).to_pandas()
+    n_retractions = int(pc.sum(pc.is_valid(table.column("retracts"))).as_py() or 0)
+    totals = {
+        "records": table.num_rows,
+        "standing votes": len(votes),
+        "retractions": n_retractions,
+        "retracted votes": len(all_votes) - n_retractions - len(votes),
+        "prompts": votes["prompt_id"].nunique(),
+        "annotators": votes["annotator"].nunique(),
+    }
+    by_choice = votes["choice"].value_counts().reindex(list(CHOICES), fill_value=0).rename("votes").to_frame()
+    by_annotator = pd.crosstab(votes["annotator"], votes["choice"]).reindex(columns=list(CHOICES), fill_value=0)
+    by_annotator.insert(0, "votes", by_annotator.sum(axis=1))
+    by_annotator = by_annotator.sort_values("votes", ascending=False)
+    return {"totals": totals, "choice": by_choice, "annotator": by_annotator, "source": _by_source(votes)}
+
+
+def _by_source(votes: pd.DataFrame) -> pd.DataFrame:
+    """Per source: comparisons it appeared in, and how they went (won, lost, tie, both_bad, skip)."""
+    a = pd.DataFrame({"source": votes["source_a"], "won": votes["choice"] == "a", "lost": votes["choice"] == "b"})
+    b = pd.DataFrame({"source": votes["source_b"], "won": votes["choice"] == "b", "lost": votes["choice"] == "a"})
+    both = pd.concat([a, b], ignore_index=True)
+    choice = pd.concat([votes["choice"], votes["choice"]], ignore_index=True)
+    for c in ("tie", "both_bad", "skip"):
+        both[c] = choice == c
+    both["source"] = both["source"].fillna("").replace("", "(unknown)")
+    out = both.groupby("source").agg(
+        appearances=("won", "size"), won=("won", "sum"), lost=("lost", "sum"), tie=("tie", "sum"),
+        both_bad=("both_bad", "sum"), skip=("skip", "sum"),
+    )  # fmt: skip
+    decided = (out["won"] + out["lost"]).clip(lower=1)
+    out["win rate"] = (out["won"] / decided).round(3)
+    return out.sort_values("appearances", ascending=False)
+
+
+def _rich_table(title: str, df: pd.DataFrame, index_name: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column(index_name)
+    for c in df.columns:
+        t.add_column(str(c), justify="right")
+    for row in df.itertuples(index=True):  # keeps each column's dtype (iterrows would upcast ints to float)
+        t.add_row(*(_fmt(v) for v in row))
+    return t
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return f"{v:,}"
+    return f"{v:.3g}" if isinstance(v, numbers.Real) else str(v)
+
+
+def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, help="store directory or fsspec URL")
+
+
+def main_stats(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    s = store_stats(args.store)
+    console = Console()
+    totals = pd.DataFrame({"count": pd.Series(s["totals"])})
+    console.print(_rich_table(f"Store {args.store}", totals, "what"))
+    console.print(_rich_table("Standing votes by choice", s["choice"], "choice"))
+    console.print(_rich_table("By annotator", s["annotator"], "annotator"))
+    console.print(_rich_table("By source (model or author)", s["source"], "source"))
+    return 0
+
+
+def add_compact_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, type=Path, help="store directory (local)")
+
+
+def main_compact(args: argparse.Namespace) -> int:
+    from annotate.store import ComparisonStore
+
+    root = Path(args.store)
+    if not (root / "wal").is_dir():
+        raise FileNotFoundError(f"{root}: not a comparison store (no wal/ folder)")
+    before = len(list(root.glob("part-*.parquet"))) + len(list((root / "wal").glob("seg-*.jsonl")))
+    out = ComparisonStore(root).compact()
+    after = len(list(root.glob("part-*.parquet"))) + len(list((root / "wal").glob("seg-*.jsonl")))
+    print(f"{root}: {before} files -> {after} ({out.name if out else 'empty store'})")
+    return 0
+
+

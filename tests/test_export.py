@@ -1,0 +1,223 @@
+"""Export: vote aggregation against a plain-Python reference, splits by prompt, formats, and the real HH file."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import fsspec
+import pyarrow.parquet as pq
+import pytest
+
+from annotate.export import export
+from annotate.importers import ASSISTANT
+from annotate.importers import main as import_main
+from annotate.schema import new_comparison
+from annotate.store import ComparisonStore
+
+HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless-sample.jsonl.gz"
+
+
+def vote(prompt: int, x: int, y: int, choice: str, strength: int | None, who: str = "u", **kw) -> dict:
+    return new_comparison(
+        prompt_id=f"p{prompt}",
+        prompt=[{"role": "user", "content": f"question {prompt}"}],
+        response_a_id=f"p{prompt}r{x}",
+        response_a=f"answer {x} to {prompt}",
+        source_a=f"m{x}",
+        response_b_id=f"p{prompt}r{y}",
+        response_b=f"answer {y} to {prompt}",
+        source_b=f"m{y}",
+        choice=choice,
+        strength=strength if choice in ("a", "b") else None,
+        annotator=who,
+        **kw,
+    )
+
+
+def reference(records: list[dict]) -> dict:
+    """The aggregation spelled out in plain Python: pair -> (winner, loser, n_votes, agreement, margin)."""
+    retracted = {r["retracts"] for r in records if r["retracts"]}
+    pairs: dict[tuple, list] = defaultdict(list)
+    for r in records:
+        if r["retracts"] or r["comparison_id"] in retracted or r["choice"] not in ("a", "b"):
+            continue
+        winner = r["response_a_id"] if r["choice"] == "a" else r["response_b_id"]
+        pairs[(r["prompt_id"], frozenset((r["response_a_id"], r["response_b_id"])))].append(
+            (winner, r["strength"] or 1)
+        )
+    out = {}
+    for (pid, pair), votes in pairs.items():
+        x, y = sorted(pair)
+        score = sum(w if win == x else -w for win, w in votes)
+        if score == 0:
+            continue
+        win, lose = (x, y) if score > 0 else (y, x)
+        agree = sum(1 for v, _ in votes if v == win) / len(votes)
+        out[(pid, win, lose)] = (len(votes), agree, abs(score) / len(votes))
+    return out
+
+
+@pytest.fixture
+def voted_store(tmp_path) -> tuple[Path, list[dict]]:
+    rng = random.Random(1)
+    records = []
+    for _ in range(600):
+        p = rng.randrange(30)
+        x, y = rng.sample(range(4), 2)
+        choice = rng.choices(["a", "b", "tie", "both_bad", "skip"], [4, 4, 1, 1, 1])[0]
+        records.append(vote(p, x, y, choice, rng.choice([1, 2, 3, None]), who=f"u{rng.randrange(5)}"))
+    for r in rng.sample(records, 40):  # undo: retraction records pointing at earlier votes
+        records.append(vote(0, 0, 1, "skip", None, who=r["annotator"], retracts=r["comparison_id"]))
+    store = ComparisonStore(tmp_path / "store", seal_every=100)
+    store.append_many(records[:300])
+    store.write_batch(records[300:])
+    return tmp_path / "store", records
+
+
+def test_aggregation_matches_plain_python_reference(voted_store, tmp_path):
+    root, records = voted_store
+    stats = export(str(root), tmp_path / "prefs.parquet")
+    got = pq.read_table(tmp_path / "prefs.parquet").to_pylist()
+    ref = reference(records)
+    assert stats["rows"] == len(got) == len(ref) > 0
+    assert stats["no_majority"] > 0  # the fixture has pairs whose weighted votes cancel out
+    for row in got:
+        n, agree, margin = ref[(row["prompt_id"], row["chosen_id"], row["rejected_id"])]
+        assert (row["n_votes"], row["agreement"], row["margin"]) == (n, pytest.approx(agree), pytest.approx(margin))
+        assert row["chosen"] == [{"role": "assistant", "content": f"answer {row['chosen_id'].split('r')[-1]} to "
+                                  f"{row['prompt_id'][1:]}"}]  # fmt: skip
+        assert row["chosen_source"] == "m" + row["chosen_id"].split("r")[-1]
+        assert row["prompt"] == [{"role": "user", "content": f"question {row['prompt_id'][1:]}"}]
+
+
+def test_min_agreement_raw_and_split_by_prompt(voted_store, tmp_path):
+    root, records = voted_store
+    full = pq.read_table(export(str(root), tmp_path / "all.parquet")["files"][0])
+    strict = export(str(root), tmp_path / "strict.parquet", min_agreement=0.75)
+    kept = pq.read_table(tmp_path / "strict.parquet")
+    assert kept.num_rows == sum(a >= 0.75 for a in full.column("agreement").to_pylist())
+    assert strict["below_min_agreement"] == full.num_rows - kept.num_rows > 0
+
+    raw = export(str(root), tmp_path / "raw.jsonl", raw=True)
+    rows = [json.loads(line) for line in open(tmp_path / "raw.jsonl")]
+    retracted = {r["retracts"] for r in records if r["retracts"]}
+    standing = [
+        r for r in records if r["choice"] in ("a", "b") and not r["retracts"] and r["comparison_id"] not in retracted
+    ]
+    assert raw["rows"] == len(rows) == len(standing)
+    by_id = {r["comparison_id"]: r for r in standing}
+    for row in rows:
+        src = by_id[row["comparison_id"]]
+        assert row["annotator"] == src["annotator"]
+        assert row["chosen_id"] == (src["response_a_id"] if src["choice"] == "a" else src["response_b_id"])
+
+    s = export(str(root), tmp_path / "prefs.parquet", test_fraction=0.2, seed=3)
+    train, test = (pq.read_table(f) for f in s["files"])
+    assert [Path(f).name for f in s["files"]] == ["prefs-train.parquet", "prefs-test.parquet"]
+    p_train, p_test = set(train.column("prompt_id").to_pylist()), set(test.column("prompt_id").to_pylist())
+    assert not p_train & p_test and train.num_rows + test.num_rows == full.num_rows
+    assert len(p_test) == round(0.2 * len(p_train | p_test))
+
+
+def test_export_from_fsspec_memory_url(voted_store, tmp_path):
+    root, _ = voted_store
+    fsspec.filesystem("memory").put(str(root), "/export-test-store", recursive=True)
+    export("memory://export-test-store", tmp_path / "m.parquet")
+    export(str(root), tmp_path / "l.parquet")
+    assert (
+        pq.read_table(tmp_path / "m.parquet")
+        .sort_by("chosen_id")
+        .equals(pq.read_table(tmp_path / "l.parquet").sort_by("chosen_id"))
+    )
+
+
+def test_store_without_usable_votes_exports_empty_files_with_the_columns(tmp_path):
+    store = ComparisonStore(tmp_path / "s")
+    store.append(vote(1, 0, 1, "tie", None))
+    store.append(vote(1, 0, 1, "both_bad", None))
+    s = export(str(tmp_path / "s"), tmp_path / "e.parquet", test_fraction=0.5)
+    assert (s["records"], s["votes"], s["rows"]) == (2, 0, 0)
+    for f in s["files"]:
+        t = pq.read_table(f)
+        assert t.num_rows == 0 and {"prompt", "chosen", "rejected", "margin", "n_votes", "agreement"} <= set(
+            t.schema.names
+        )
+
+
+def _hh_export(tmp_path) -> tuple[list[dict], Path]:
+    if not HH.exists():
+        pytest.skip("needs ../shared/data/hh-rlhf-harmless-sample.jsonl.gz")
+    import argparse
+
+    ns = argparse.Namespace(src=HH, format="hh", store=tmp_path / "S", annotator=None, source=None, strict=False)
+    assert import_main(ns) == 0
+    export(str(tmp_path / "S"), tmp_path / "hh.parquet")
+    return [json.loads(line) for line in gzip.open(HH, "rt")], tmp_path / "hh.parquet"
+
+
+def test_real_hh_file_one_pair_per_record_with_turns_intact(tmp_path):
+    source, out = _hh_export(tmp_path)
+    rows = pq.read_table(out).to_pylist()
+    split = lambda d: (d[: d.rfind(ASSISTANT)], d[d.rfind(ASSISTANT) + len(ASSISTANT) :].strip())  # noqa: E731
+    plain = [r for r in source if split(r["chosen"])[0] == split(r["rejected"])[0]]
+    assert len(rows) == len(source) and len(plain) > 0.99 * len(source)  # one pair per record, none skipped
+    norm = lambda s: " ".join(s.split())  # noqa: E731
+    by_prompt = {}
+    for r in plain:
+        by_prompt.setdefault(norm(split(r["chosen"])[0]), []).append(r)
+    for row in rows:
+        rendered = "".join(
+            f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in row["prompt"]
+        )
+        if norm(rendered) not in by_prompt:
+            # A record whose chosen reply itself contains "\n\nAssistant:": its reply is everything after the
+            # shared prompt, and both dialogues are exactly prompt + reply.
+            odd = [r for r in source if r not in plain and norm(r["chosen"]) == norm(rendered + ASSISTANT + " "
+                   + row["chosen"][0]["content"])]  # fmt: skip
+            assert len(odd) >= 1, rendered[:200]
+            continue
+        candidates = by_prompt[norm(rendered)]  # the prompt re-rendered is the source's prompt text
+        assert any(
+            row["chosen"][0]["content"] == split(r["chosen"])[1]
+            and row["rejected"][0]["content"] == split(r["rejected"])[1]
+            for r in candidates
+        )
+        assert row["prompt"][-1]["role"] == "user" and row["n_votes"] == 1
+
+
+@pytest.mark.slow
+def test_real_hh_export_trains_in_trl_reward_and_dpo(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
+
+    from rlhf.models import load_tokenizer, save_tiny_model
+
+    _, out = _hh_export(tmp_path)
+    ds = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "c"))
+    assert {"prompt", "chosen", "rejected", "margin"} <= set(ds.column_names)
+    ds = ds.select(range(4))
+    tok = load_tokenizer(None)
+    model_dir = save_tiny_model(tmp_path / "tiny", tok, layers=1, hidden=32, heads=2)
+    common = dict(max_steps=1, per_device_train_batch_size=2, use_cpu=True, bf16=False, report_to="none",
+                  learning_rate=1e-2, max_length=128, save_strategy="no")  # fmt: skip
+
+    rm = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    rm.config.pad_token_id = tok.pad_token_id
+    before = [p.detach().clone() for p in rm.parameters()]
+    RewardTrainer(model=rm, args=RewardConfig(output_dir=str(tmp_path / "rm"), **common), train_dataset=ds,
+                  processing_class=tok).train()  # fmt: skip
+    assert any(not torch.equal(a, b) for a, b in zip(before, rm.parameters()))
+
+    policy = AutoModelForCausalLM.from_pretrained(model_dir)
+    ref = AutoModelForCausalLM.from_pretrained(model_dir)
+    before = [p.detach().clone() for p in policy.parameters()]
+    DPOTrainer(model=policy, ref_model=ref, args=DPOConfig(output_dir=str(tmp_path / "dpo"), **common),
+               train_dataset=ds, processing_class=tok).train()  # fmt: skip
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls home
+    # Gradio rebuilds a pandas summary of recent events after every event by default; under load that costs
+    # more CPU than the vote itself.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
     from annotate.pool import read_pool
     from annotate.sampler import PairSampler
     from annotate.store import ComparisonStore

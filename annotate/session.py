@@ -80,7 +80,6 @@ class View:
     progress: str
     message: str = ""
     token: str = ""
-    has_pair: bool = True
 
 
 class AnnotationService:
@@ -96,7 +95,7 @@ class AnnotationService:
         progress = self.progress_line(annotator)
         if pair is None:
             done = "Nothing left to judge for you in this pool. Thank you!"
-            return View("", "", "", progress, message or done, state.token, has_pair=False)
+            return View("", "", "", progress, message or done, state.token)
         left, right = pair.shown
         return View(
             conversation_markdown(pair.prompt), safe_markdown(left.text), safe_markdown(right.text), progress,

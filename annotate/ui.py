@@ -38,6 +38,8 @@ CSS = """
 .prompt { background: var(--background-fill-secondary); border-radius: 8px; padding: 12px 16px; }
 #vote-row button { min-height: 48px; }
 """
+# After a vote, the optional fields go back to their defaults so nothing carries over to the next pair.
+RESET_JS = "() => ['clear', '', " + ", ".join(["'-'"] * 4) + "]"
 PICKS = [("A", "a"), ("B", "b"), ("Same", "tie"), ("no pick", "-")]
 KEY_HINT = "Keys: **1** A better · **2** B better · **3** tie · **4** both bad · **5** skip · **u** undo"
 
@@ -117,19 +119,14 @@ def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -
                 with gr.Row():
                     plots.update({k: gr.Plot(label=k.capitalize()) for k in ("annotators", "ranking")})
 
-        pair_outputs = [prompt, left, right, progress, message, token, strength, rationale, *crit, *buttons.values()]
+        pair_outputs = [prompt, left, right, progress, message, token]
 
         def render(view: View, st: SessionState) -> dict:
-            # Reset the optional fields after every serve so nothing carries over to the next pair.
-            upd = {
-                prompt: gr.update(value=view.prompt), left: gr.update(value=view.left),
-                right: gr.update(value=view.right), progress: gr.update(value=view.progress),
-                message: gr.update(value=view.message), token: gr.update(value=view.token),
-                strength: gr.update(value="clear"), rationale: gr.update(value=""), state: st,
-            }  # fmt: skip
-            upd.update({c: gr.update(value="-") for c in crit})
-            upd.update({b: gr.update(interactive=view.has_pair) for b in buttons.values()})
-            return upd
+            # Every output must be set: Gradio turns an omitted one into an empty update that rebuilds the
+            # component per session, the main server cost under load. Resets of the optional fields happen in
+            # the browser instead (RESET_JS below), so a vote sends only what changes with the pair.
+            return {prompt: view.prompt, left: view.left, right: view.right, progress: view.progress,
+                    message: view.message, token: view.token, state: st}  # fmt: skip
 
         def on_next(name: str, st: SessionState | None, request: gr.Request):
             st = st or SessionState()
@@ -180,8 +177,10 @@ def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -
         app.load(None, js=SHORTCUTS_JS)
         name.submit(on_next, [name, state], all_out, api_visibility="private")
         # One handler for every button: the browser buttons bind the choice, API callers pass it.
+        optional = [strength, rationale, *crit]
         for c, btn in buttons.items():
-            btn.click(on_vote, [gr.State(c), *vote_inputs], all_out, api_visibility="private")
+            voted = btn.click(on_vote, [gr.State(c), *vote_inputs], all_out, api_visibility="private")
+            voted.success(None, None, optional, js=RESET_JS)  # runs in the browser only
         api_vote = gr.Button(visible=False)
         api_vote.click(on_vote, [choice, *vote_inputs], all_out, api_name="vote")
         undo.click(on_undo, [name, state], all_out, api_name="undo")

@@ -27,15 +27,15 @@ def test_vote_tie_skip_undo_criteria(demo_server):
     server, store = demo_server
     c = client(server.url)
     shown = c.predict(name="ann1", api_name="/next_pair")
-    assert "done today: **0**" in shown[3]["value"]
+    assert "done today: **0**" in shown[3]
     c.predict(choice="a", strength="much", correct="a", helpful="b", rationale=" right answer ", name="ann1",
               api_name="/vote")  # fmt: skip
     c.predict(choice="tie", name="ann1", api_name="/vote")
     out = c.predict(choice="skip", name="ann1", api_name="/vote")
-    assert "done today: **3**" in out[3]["value"]
+    assert "done today: **3**" in out[3]
     c.predict(choice="both_bad", name="ann1", api_name="/vote")
     undone = c.predict(name="ann1", api_name="/undo")
-    assert "undone" in undone[4]["value"]
+    assert "undone" in undone[4]
 
     table = read_table(str(store))
     mine = [r for r in table.to_pylist() if r["annotator"] == "ann1"]
@@ -93,5 +93,5 @@ def test_sigkill_after_acknowledged_votes_loses_nothing(tmp_path):
     assert read_table(str(store)).num_rows == acked
     with Server(pool, store) as again:
         out = client(again.url).predict(name="k", api_name="/next_pair")
-        assert "done today: **25**" in out[3]["value"]  # the restarted sampler knows them too
+        assert "done today: **25**" in out[3]  # the restarted sampler knows them too
     assert read_table(str(store)).num_rows == acked

@@ -43,8 +43,11 @@ def test_browser_votes_and_no_script_runs(tmp_path):
             assert page.locator("#response-a img, #response-b img, #response-a script").count() == 0
             assert page.locator("#response-a code, #response-b code").count() >= 1  # code still highlighted
 
+            page.get_by_label("much").check()
             page.click("#vote-a")
             progress_has(page, "done today: 1")
+            # The optional fields go back to their defaults for the next pair (reset in the browser).
+            page.wait_for_function("document.querySelector('input[value=\"clear\"]')?.checked === true")
             page.locator("body").click(position={"x": 5, "y": 5})  # focus outside any text field
             page.keyboard.press("2")  # shortcut: B is better
             progress_has(page, "done today: 2")
@@ -64,6 +67,7 @@ def test_browser_votes_and_no_script_runs(tmp_path):
     votes = read_table(str(store)).to_pylist()
     assert len(votes) == 2 and {v["annotator"] for v in votes} == {"demo"}
     # "A is better" picks the left response; key 2 ("B is better") the right one.
-    assert votes[0]["choice"] == votes[0]["left"]
+    assert votes[0]["choice"] == votes[0]["left"] and votes[0]["strength"] == 3
+    assert votes[1]["strength"] == 2  # "clear" again after the reset
     assert votes[1]["choice"] != votes[1]["left"] and votes[1]["choice"] in ("a", "b")
     assert (ARTIFACTS / "app.png").stat().st_size > 10_000

@@ -105,5 +105,3 @@ def main_compact(args: argparse.Namespace) -> int:
     after = len(list(root.glob("part-*.parquet"))) + len(list((root / "wal").glob("seg-*.jsonl")))
     print(f"{root}: {before} files -> {after} ({out.name if out else 'empty store'})")
     return 0
-
-

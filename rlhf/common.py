@@ -1,0 +1,189 @@
+"""Run plumbing shared by every training command: common flags, TRL config building, and what a run leaves behind.
+
+Every run directory ends up with `config.yaml` (the resolved config: the record of what ran), `metrics.jsonl` (one
+JSON object per logging step, then the held-out evaluation), `eval.json` and a model card `README.md`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rlhf.config import save_config
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+
+
+@dataclass
+class BaseConfig:
+    """Flags every training command shares."""
+
+    model: str = field(default="default", metadata={"help": "Hub id, local checkpoint, or 'default' (SmolLM2-135M)"})
+    data: str | None = field(
+        default=None, metadata={"help": "preference export (.parquet/.jsonl) or a comparison store directory"}
+    )
+    eval_data: str | None = field(
+        default=None,
+        metadata={"help": "held-out pairs; default: X-test.parquet next to X-train.parquet, else a split"},
+    )
+    test_fraction: float = field(default=0.1, metadata={"help": "prompts held out when --eval-data is not given"})
+    output_dir: str = field(default="runs/latest", metadata={"help": "where the model, config and metrics go"})
+    max_steps: int = field(default=-1, metadata={"help": "optimizer steps; -1 = --num-train-epochs over the data"})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "passes over the data when --max-steps is -1"})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "pairs per device per step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    learning_rate: float | None = field(default=None, metadata={"help": "peak learning rate; default: the method's"})
+    seed: int = field(default=42, metadata={"help": "seed for initialisation, shuffling and the held-out split"})
+    max_length: int = field(
+        default=512, metadata={"help": "pairs longer than this (tokens) are dropped, with a count"}
+    )
+    report_to: str = field(default="none", metadata={"help": "none, tensorboard, wandb or trackio (passed to TRL)"})
+    device: str = field(
+        default="auto", metadata={"help": "auto (GPU when present), cpu or cuda", "choices": ["auto", "cpu", "cuda"]}
+    )
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on when supported"})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "trade compute for memory; off by default (TRL turns it on, costing ~30% speed)"},
+    )
+    logging_steps: int = field(default=10, metadata={"help": "log metrics every N steps"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps; 0 = only the final model"})
+
+
+def use_cuda(cfg: BaseConfig) -> bool:
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but no CUDA GPU is visible")
+    return cfg.device != "cpu" and torch.cuda.is_available()
+
+
+def trl_args(cfg: BaseConfig, trl_config_cls: type, default_lr: float | None = None, **extra: Any):
+    """Build a TRL config from our flags with CPU-safe settings (use_cpu, bf16 only where supported)."""
+    import torch
+
+    cuda = use_cuda(cfg)
+    bf16 = cfg.bf16 if cfg.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported())
+    kw: dict[str, Any] = dict(
+        output_dir=cfg.output_dir,
+        max_steps=cfg.max_steps,
+        num_train_epochs=cfg.num_train_epochs,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        seed=cfg.seed,
+        report_to=[] if cfg.report_to in ("none", "") else cfg.report_to.split(","),
+        use_cpu=not cuda,
+        bf16=bf16,
+        fp16=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        max_length=cfg.max_length,
+        # 0 workers: on small CPU boxes worker processes cost more than they save; GPUs get a couple.
+        dataloader_num_workers=2 if cuda else 0,
+    )
+    if cfg.save_steps > 0:
+        kw["save_steps"] = cfg.save_steps
+    lr = cfg.learning_rate if cfg.learning_rate is not None else default_lr
+    if lr is not None:
+        kw["learning_rate"] = lr
+    kw.update(extra)
+    # Not every TRL config has every common field (RLOOConfig bounds prompt and completion itself, so it has no
+    # max_length): pass only the ones this config declares.
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(trl_config_cls)}
+    return trl_config_cls(**{k: v for k, v in kw.items() if k in known})
+
+
+def start_run(cfg: BaseConfig) -> Path:
+    """Create the output directory and record the resolved config before anything can fail halfway."""
+    if not cfg.data:
+        raise SystemExit("error: --data is required (a preference export or a store directory)")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    (out / "metrics.jsonl").write_text("")
+    return out
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe metric values (NaN -> null, numpy/torch scalars -> float)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def append_metrics(out_dir: str | Path, record: dict[str, Any]) -> None:
+    with open(Path(out_dir) / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+
+
+def metrics_callback(out_dir: str | Path) -> TrainerCallback:
+    """A TrainerCallback appending every log (loss, lr, rewards/...) to metrics.jsonl, one JSON object per line."""
+    from transformers import TrainerCallback
+
+    class JsonlMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero:
+                append_metrics(out_dir, {"step": state.global_step, "time": round(time.time(), 3), **logs})
+
+    return JsonlMetrics()
+
+
+def write_eval(out_dir: str | Path, results: dict[str, Any]) -> None:
+    """Held-out results: eval.json, plus one `split: eval` line in metrics.jsonl."""
+    clean = {k: _clean(v) for k, v in results.items()}
+    Path(out_dir, "eval.json").write_text(json.dumps(clean, indent=2) + "\n")
+    append_metrics(out_dir, {"split": "eval", **clean})
+
+
+def write_model_card(out_dir: str | Path, cfg: BaseConfig, command: str, results: dict[str, Any], about: str) -> None:
+    """README.md with Hub front matter, the exact command, the resolved config and the held-out results."""
+    rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in results.items())
+    config = "\n".join(f"{k}: {v!r}" for k, v in dataclasses.asdict(cfg).items())
+    argv = " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("train.py") else f"{command} ..."
+    card = f"""---
+library_name: transformers
+tags: [prefkit, trl, {command}]
+base_model: {cfg.model}
+---
+
+# {command} model trained with prefkit
+
+{about}
+
+Trained from preference data `{cfg.data}` with:
+
+```
+python rlhf/train.py {argv}
+```
+
+## Held-out results
+
+| metric | value |
+|---|---|
+{rows}
+
+## Resolved config
+
+```yaml
+{config}
+```
+"""
+    Path(out_dir, "README.md").write_text(card)
+
+
+def _fmt(v: Any) -> str:
+    v = _clean(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,130 @@
+"""`python rlhf/train.py dpo`: direct preference optimisation on collected comparisons (TRL DPOTrainer).
+
+Losses (h = beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))]):
+  sigmoid       -log sigmoid(h)                          Eq. 7 of Rafailov et al. 2023 (arXiv 2305.18290)
+  ipo           (h / beta - 1 / (2 beta))^2              Eq. 17 of Azar et al. 2023 (arXiv 2310.12036)
+  sigmoid_norm  -log sigmoid(beta * (mean-per-token log-ratio of y_w - that of y_l)): length-normalised DPO, so
+                a longer response no longer earns a larger implicit reward just by having more tokens (the
+                normalisation SimPO uses, Eq. 4 of arXiv 2405.14734, but keeping the reference model).
+`--ld-alpha` adds LD-DPO's down-weighting of the tokens past the shorter response (arXiv 2409.06411) to any of them.
+
+The reference is always an explicit frozen copy of the starting policy: given a policy built in memory and no
+reference, TRL would load a model *by name* from the policy's config, which may be a different model.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlhf.common import BaseConfig, metrics_callback, start_run, trl_args, write_eval, write_model_card
+from rlhf.config import parse_config
+
+LOSS_TYPES = ["sigmoid", "ipo", "sigmoid_norm"]
+
+
+@dataclass
+class DPOArgs(BaseConfig):
+    """Direct preference optimisation of a policy on preference pairs (TRL DPOTrainer)."""
+
+    output_dir: str = field(default="runs/dpo", metadata={"help": "where the model, config and metrics go"})
+    beta: float = field(default=0.1, metadata={"help": "strength of the pull towards the reference (tau for ipo)"})
+    loss_type: str = field(
+        default="sigmoid",
+        metadata={"help": "sigmoid (DPO), ipo, or sigmoid_norm (length-normalised DPO)", "choices": LOSS_TYPES},
+    )
+    ld_alpha: float | None = field(
+        default=None, metadata={"help": "LD-DPO weight in [0, 1] for tokens past the shorter response; off if unset"}
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={"help": "score the whole dataset with the reference once, then train without it (faster)"},
+    )
+    precompute_ref_batch_size: int | None = field(
+        default=None, metadata={"help": "batch size of that one pass (no gradients, so it can be large)"}
+    )
+
+
+def frozen_copy(model):
+    """The reference: the same weights as the starting policy, never updated (no grads, eval mode)."""
+    ref = copy.deepcopy(model)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+def build_trainer(cfg: DPOArgs):
+    """(trainer, data info): policy, frozen reference, data and config wired together; nothing trained yet."""
+    from transformers import set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    from rlhf.data import prepare, trainer_columns
+    from rlhf.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    train, test, info = prepare(
+        cfg.data,
+        tokenizer,
+        eval_data=cfg.eval_data,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+        max_length=cfg.max_length,
+    )
+    set_seed(cfg.seed)
+    policy = load_causal_lm(cfg.model, dtype="float32")  # master weights in fp32; bf16 autocast when enabled
+    args = trl_args(
+        cfg,
+        DPOConfig,
+        default_lr=1e-6,
+        beta=cfg.beta,
+        loss_type=[cfg.loss_type],
+        ld_alpha=cfg.ld_alpha,
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        precompute_ref_batch_size=cfg.precompute_ref_batch_size,
+        eval_strategy="no",
+    )
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=frozen_copy(policy),
+        args=args,
+        train_dataset=trainer_columns(train),
+        eval_dataset=trainer_columns(test),
+        processing_class=tokenizer,
+        callbacks=[metrics_callback(cfg.output_dir)],
+    )
+    return trainer, info
+
+
+def implicit_margin(trainer) -> dict[str, float]:
+    """Held-out implicit reward margin beta*(log-ratio chosen - log-ratio rejected), and how often it is > 0."""
+    m = trainer.evaluate()
+    return {"margin": m["eval_rewards/margins"], "accuracy": m["eval_rewards/accuracies"], "loss": m["eval_loss"]}
+
+
+def run(cfg: DPOArgs) -> dict[str, Any]:
+    out = start_run(cfg)
+    trainer, info = build_trainer(cfg)
+    before = implicit_margin(trainer)  # ~0 by construction: policy == reference at step 0
+    trainer.train()
+    after = implicit_margin(trainer)
+    trainer.model.save_pretrained(out)
+    trainer.processing_class.save_pretrained(out)
+    results = {f"eval_{k}": v for k, v in after.items()}
+    results.update({f"eval_{k}_before": v for k, v in before.items()})
+    results.update({f"train_{k}": v for k, v in info["train"].items()})
+    results["eval_pairs"] = info["test"]["pairs"]
+    write_eval(out, results)
+    write_model_card(out, cfg, "dpo", results, f"A policy trained with DPO (loss `{cfg.loss_type}`, beta {cfg.beta}).")
+    print(
+        f"[dpo] held-out implicit reward margin {before['margin']:.4f} -> {after['margin']:.4f}, "
+        f"accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f} on {results['eval_pairs']} pairs"
+    )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(DPOArgs, argv, prog="python rlhf/train.py dpo")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run(cfg)
+    return 0

@@ -1,0 +1,292 @@
+"""`python rlhf/train.py evaluate`: does the trained policy beat its reference, by the reward model, beyond length?
+
+Both models answer the same held-out prompts; the reward model scores every answer. Reported (eval.json):
+the win rate of policy over reference (ties count half), the same win rate length-controlled two ways -- only
+pairs whose lengths are within +-10% of each other, and the intercept of a logistic regression of the outcome on
+the relative length difference (the win rate predicted at equal length, in the spirit of AlpacaEval's
+length-controlled win rate, Dubois et al. 2024, arXiv 2404.04475) -- the mean length change, and sample pairs
+side by side (also in samples.md). A plot (eval.png) shows wins against length difference.
+Lengths are counted in the reward model's tokens, a yardstick common to both models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlhf.config import parse_config, save_config
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class EvalConfig:
+    """Reward-model win rate of a policy over a reference on held-out prompts, length-controlled."""
+
+    policy: str | None = field(
+        default=None, metadata={"help": "trained policy (a run's output directory or a Hub id)"}
+    )
+    reference: str = field(default="default", metadata={"help": "reference policy, e.g. the starting model"})
+    reward_model: str | None = field(default=None, metadata={"help": "reward model that judges each answer"})
+    prompts: str | None = field(
+        default=None, metadata={"help": "held-out prompts: an export (.parquet/.jsonl), a pool, or a .txt file"}
+    )
+    output_dir: str = field(default="runs/eval", metadata={"help": "where eval.json, eval.png and samples.md go"})
+    num_prompts: int = field(default=200, metadata={"help": "at most this many prompts (a seeded sample)"})
+    max_new_tokens: int = field(default=128, metadata={"help": "answer length limit for both models"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy (deterministic comparison)"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per generate call"})
+    length_tolerance: float = field(
+        default=0.1, metadata={"help": "length-matched pairs: |len_p - len_r| <= tol * len_r"}
+    )
+    num_examples: int = field(default=5, metadata={"help": "sample pairs shown side by side"})
+    seed: int = field(default=42, metadata={"help": "seed for prompt sampling and generation"})
+
+
+# -- prompts ------------------------------------------------------------------------------------------------------
+
+
+def load_prompts(path: str | Path) -> list[Messages]:
+    """Unique prompts (as messages) from an export (.parquet or .jsonl), a candidate pool, or a .txt file."""
+    from annotate.schema import SchemaError, as_messages
+
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such prompts file")
+        table = pq.read_table(path)
+        if "prompt" not in table.column_names:
+            raise SchemaError(f"{path}: missing field 'prompt'")
+        seen: dict[str, Messages] = {}
+        for i, p in enumerate(table.column("prompt").to_pylist()):
+            try:
+                msgs = as_messages(p)
+            except SchemaError as e:
+                raise SchemaError(f"{path}: row {i}: {e}") from None
+            seen.setdefault(json.dumps(msgs, sort_keys=True), msgs)
+        return list(seen.values())
+    from annotate.generate import read_prompts  # JSONL (export, pool, prompts) or plain text
+
+    return [row["prompt"] for row in read_prompts(path)]
+
+
+def heldout_path(data: str, eval_data: str | None) -> str | None:
+    """--eval-data, else the X-test.parquet an export wrote next to X-train.parquet, else None (split instead)."""
+    if eval_data or "-train." not in Path(data).name:
+        return eval_data
+    sibling = Path(data).with_name(Path(data).name.replace("-train.", "-test."))
+    return str(sibling) if sibling.exists() else None
+
+
+def split_prompts(
+    prompts: list[Messages], eval_path: str | None, test_fraction: float, seed: int
+) -> tuple[list[Messages], list[Messages]]:
+    """(train, held-out) prompts: --eval-data when given, else a seeded split by prompt."""
+    if eval_path:
+        return prompts, load_prompts(eval_path)
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    n_test = max(1, round(len(prompts) * test_fraction))
+    if n_test >= len(prompts):
+        raise ValueError(f"test fraction {test_fraction} leaves no training prompts ({len(prompts)} prompts)")
+    return [prompts[i] for i in order[n_test:]], [prompts[i] for i in order[:n_test]]
+
+
+# -- the statistics (pure) ----------------------------------------------------------------------------------------
+
+
+def outcomes(policy_scores: list[float], reference_scores: list[float]) -> list[float]:
+    """1 where the policy's answer scores higher, 0.5 on a tie, 0 where the reference wins."""
+    return [1.0 if p > r else 0.5 if p == r else 0.0 for p, r in zip(policy_scores, reference_scores, strict=True)]
+
+
+def length_matched_win_rate(
+    wins: list[float], policy_len: list[int], reference_len: list[int], tolerance: float = 0.1
+) -> tuple[float | None, int]:
+    """Win rate over pairs whose policy length is within +-tolerance of the reference length; (rate, n pairs)."""
+    kept = [w for w, p, r in zip(wins, policy_len, reference_len, strict=True) if abs(p - r) <= tolerance * r]
+    return (sum(kept) / len(kept) if kept else None), len(kept)
+
+
+def length_regression(
+    wins: list[float], policy_len: list[int], reference_len: list[int], l2: float = 1e-6
+) -> dict[str, float]:
+    """Logistic regression P(win) = sigmoid(a + b x), x = (len_p - len_r) / mean(len_r), by Newton's method.
+
+    Ties enter as y = 0.5 (cross-entropy accepts soft labels). sigmoid(a) is the win rate predicted at equal
+    length: the length-controlled win rate. A tiny L2 keeps (a, b) finite when wins separate perfectly by length.
+    """
+    import numpy as np
+
+    y = np.asarray(wins, dtype=float)
+    scale = max(1.0, float(np.mean(reference_len)))
+    x = (np.asarray(policy_len, float) - np.asarray(reference_len, float)) / scale
+    X = np.stack([np.ones_like(x), x], 1)  # (n, 2)
+    w = np.zeros(2)
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(X @ w)))
+        grad = X.T @ (p - y) + l2 * w
+        hess = X.T @ (X * (p * (1 - p))[:, None]) + l2 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return {"intercept": float(w[0]), "slope": float(w[1]), "win_rate": float(1.0 / (1.0 + math.exp(-w[0])))}
+
+
+def summarize(
+    policy_scores: list[float],
+    reference_scores: list[float],
+    policy_len: list[int],
+    reference_len: list[int],
+    tolerance: float = 0.1,
+) -> dict[str, Any]:
+    """All the headline numbers from scores and lengths of paired answers."""
+    wins = outcomes(policy_scores, reference_scores)
+    n = len(wins)
+    matched, n_matched = length_matched_win_rate(wins, policy_len, reference_len, tolerance)
+    reg = length_regression(wins, policy_len, reference_len)
+    mean_p, mean_r = sum(policy_len) / n, sum(reference_len) / n
+    return {
+        "pairs": n,
+        "win_rate": sum(wins) / n,
+        "ties": sum(w == 0.5 for w in wins),
+        "win_rate_length_matched": matched,
+        "length_matched_pairs": n_matched,
+        "win_rate_length_controlled": reg["win_rate"],
+        "length_intercept": reg["intercept"],
+        "length_coef": reg["slope"],
+        "policy_score": sum(policy_scores) / n,
+        "reference_score": sum(reference_scores) / n,
+        "policy_length": mean_p,
+        "reference_length": mean_r,
+        "length_change": mean_p - mean_r,
+        "length_change_pct": 100.0 * (mean_p - mean_r) / mean_r if mean_r else None,
+    }
+
+
+# -- generation, scoring, outputs ---------------------------------------------------------------------------------
+
+
+def answers(model_name: str, prompts: list[Messages], cfg: EvalConfig, device: str) -> list[str]:
+    """Decoded answers of one model (chat template, batched, special tokens stripped)."""
+    import torch
+
+    from rlhf.distill import generate
+    from rlhf.models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(model_name)
+    model = load_causal_lm(model_name, dtype="float32" if device == "cpu" else "auto", device=device)
+    torch.manual_seed(cfg.seed)
+    ids = generate(
+        model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+        temperature=cfg.temperature, desc=f"generating ({Path(model_name).name})",
+    )  # fmt: skip
+    return [tok.decode(x, skip_special_tokens=True).strip() for x in ids]
+
+
+def plot(path: Path, summary: dict[str, Any], wins: list[float], length_diff: list[float]) -> None:
+    """Left: outcome against relative length difference with the fitted curve. Right: the three win rates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    jitter = np.random.default_rng(0).uniform(-0.03, 0.03, len(wins))
+    ax1.scatter(length_diff, np.asarray(wins) + jitter, s=12, alpha=0.6)
+    xs = np.linspace(min(length_diff + [-0.5]), max(length_diff + [0.5]), 100)
+    a, b = summary["length_intercept"], summary["length_coef"]
+    ax1.plot(xs, 1 / (1 + np.exp(-(a + b * xs))), color="C1", label="logistic fit")
+    ax1.axvline(0, color="grey", lw=0.5)
+    ax1.set(xlabel="(len policy - len reference) / mean len reference", ylabel="policy wins (1 win, 0.5 tie, 0 loss)")
+    ax1.set(ylim=(-0.1, 1.1), title="wins vs length")
+    ax1.legend()
+    names = ["raw", "length-matched", "length-controlled"]
+    values = [summary["win_rate"], summary["win_rate_length_matched"] or 0.0, summary["win_rate_length_controlled"]]
+    ax2.bar(names, values, color=["C0", "C2", "C1"])
+    ax2.axhline(0.5, color="grey", ls="--", lw=0.8)
+    ax2.set(ylim=(0, 1), ylabel="win rate of policy over reference", title=f"{summary['pairs']} prompts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def side_by_side(examples: list[dict[str, Any]]) -> str:
+    """Markdown: one table per sample, policy and reference answers in adjacent columns."""
+    cell = lambda s: str(s).replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
+    parts = ["# Sample pairs (policy vs reference)\n"]
+    for i, ex in enumerate(examples, 1):
+        parts.append(f"## {i}. {cell(ex['prompt'][-1]['content'])}\n")
+        parts.append(f"| policy ({ex['policy_score']:.3f}) | reference ({ex['reference_score']:.3f}) |\n|---|---|")
+        parts.append(f"| {cell(ex['policy'])} | {cell(ex['reference'])} |\n")
+    return "\n".join(parts)
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    import torch
+
+    from rlhf.models import load_tokenizer
+    from rlhf.reward import load_reward_model, score
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    prompts = load_prompts(cfg.prompts)
+    if len(prompts) > cfg.num_prompts:
+        prompts = random.Random(cfg.seed).sample(prompts, cfg.num_prompts)
+    pol = answers(cfg.policy, prompts, cfg, device)
+    ref = answers(cfg.reference, prompts, cfg, device)
+    rm_tok = load_tokenizer(cfg.reward_model)
+    rm = load_reward_model(cfg.reward_model, rm_tok).to(device)
+    pol_scores, ref_scores = score(rm, rm_tok, prompts, pol), score(rm, rm_tok, prompts, ref)
+    n_tokens = lambda texts: [len(rm_tok(t, add_special_tokens=False)["input_ids"]) for t in texts]  # noqa: E731
+    pol_len, ref_len = n_tokens(pol), n_tokens(ref)
+    summary = summarize(pol_scores, ref_scores, pol_len, ref_len, cfg.length_tolerance)
+    rows = zip(prompts, pol, ref, pol_scores, ref_scores, pol_len, ref_len, strict=True)
+    keys = ("prompt", "policy", "reference", "policy_score", "reference_score", "policy_length", "reference_length")
+    examples = [dict(zip(keys, r, strict=True)) for r in rows]
+    return {"summary": summary, "examples": examples}
+
+
+def write_outputs(out: Path, summary: dict[str, Any], examples: list[dict[str, Any]], num_examples: int) -> None:
+    """eval.json (summary + side-by-side samples), a metrics line, samples.md and eval.png."""
+    from rlhf.common import write_eval
+
+    write_eval(out, summary)
+    shown = examples[:num_examples]
+    data = json.loads((out / "eval.json").read_text())
+    (out / "eval.json").write_text(json.dumps({**data, "examples": shown}, indent=2) + "\n")
+    (out / "samples.md").write_text(side_by_side(shown))
+    wins = outcomes([e["policy_score"] for e in examples], [e["reference_score"] for e in examples])
+    scale = max(1.0, summary["reference_length"])
+    diff = [(e["policy_length"] - e["reference_length"]) / scale for e in examples]
+    plot(out / "eval.png", summary, wins, diff)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = parse_config(EvalConfig, argv, prog="train.py evaluate")
+    missing = [f"--{n.replace('_', '-')}" for n in ("policy", "reward_model", "prompts") if not getattr(cfg, n)]
+    if missing:
+        raise SystemExit(f"error: evaluate needs {', '.join(missing)}")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    result = evaluate(cfg)
+    write_outputs(out, result["summary"], result["examples"], cfg.num_examples)
+    s = result["summary"]
+    lm = s["win_rate_length_matched"]
+    print(
+        f"[evaluate] win rate {s['win_rate']:.3f} | length-matched {'n/a' if lm is None else f'{lm:.3f}'} "
+        f"({s['length_matched_pairs']} pairs) | length-controlled {s['win_rate_length_controlled']:.3f} | "
+        f"length change {s['length_change']:+.1f} tokens -> {out / 'eval.json'}"
+    )
+    return 0

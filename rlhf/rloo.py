@@ -1,0 +1,120 @@
+"""`python rlhf/train.py rloo`: RLOO against a trained reward model (TRL RLOOTrainer), the cheaper maintained
+alternative to PPO: no value model, the baseline of each sample is the mean reward of the other samples of the same
+prompt (REINFORCE leave-one-out, Ahmadian et al. 2024, arXiv 2402.14740, Eq. 4).
+
+The reward model from `rlhf/train.py reward` is passed to the trainer as its reward function; TRL formats each
+prompt + completion with the reward model's chat template and reads the score head. Held-out prompts are scored
+before and after training with the same sampler as PPO (eval.json: score_before, score, kl).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlhf.common import BaseConfig, metrics_callback, start_run, trl_args, use_cuda, write_eval, write_model_card
+from rlhf.config import parse_config
+
+
+@dataclass
+class RLOOArgs(BaseConfig):
+    """RLOO against a reward model (TRL RLOOTrainer)."""
+
+    output_dir: str = field(default="runs/rloo", metadata={"help": "where the policy, config and metrics go"})
+    reward_model: str | None = field(default=None, metadata={"help": "trained reward model (rlhf/train.py reward)"})
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"help": "completions (not prompts) per device per step; a multiple of --num-generations"}
+    )
+    num_generations: int = field(
+        default=4, metadata={"help": "samples per prompt (k); the baseline uses the k-1 others"}
+    )
+    kl_coef: float = field(default=0.05, metadata={"help": "beta: KL penalty against the starting policy"})
+    response_length: int = field(default=64, metadata={"help": "max new tokens per completion"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    eval_prompts: int = field(default=64, metadata={"help": "held-out prompts scored before and after training"})
+
+
+def _trl_config(cfg: RLOOArgs):
+    from trl import RLOOConfig
+
+    return trl_args(
+        cfg,
+        RLOOConfig,
+        default_lr=1e-6,  # TRL's RLOO default
+        beta=cfg.kl_coef,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.response_length,
+        temperature=cfg.temperature,
+        disable_dropout=True,
+        log_completions=False,
+    )
+
+
+def train(cfg: RLOOArgs) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import RLOOTrainer
+
+    from rlhf.evaluate import heldout_path, load_prompts, split_prompts
+    from rlhf.models import load_tokenizer, resolve_model
+    from rlhf.ppo import PPOConfig, _policy_and_value, encode_prompts, heldout
+    from rlhf.reward import load_reward_model
+
+    device = "cuda" if use_cuda(cfg) else "cpu"
+    tok = load_tokenizer(cfg.model)
+    tok.padding_side = "left"
+    rm_tok = load_tokenizer(cfg.reward_model)
+    reward = load_reward_model(cfg.reward_model, rm_tok)
+    eval_path = heldout_path(cfg.data, cfg.eval_data)
+    train_p, test_p = split_prompts(load_prompts(cfg.data), eval_path, cfg.test_fraction, cfg.seed)
+    limit = cfg.max_length - cfg.response_length
+    n_tokens = [len(x) for x in encode_prompts(train_p, tok, 10**9, "train")]
+    train_p = [p for p, n in zip(train_p, n_tokens) if n <= limit]
+    if len(train_p) < len(n_tokens):
+        print(f"[rloo] train: dropped {len(n_tokens) - len(train_p)} prompts over {limit} tokens")
+    test_ids = encode_prompts(test_p, tok, limit, "held-out")[: cfg.eval_prompts]
+
+    # Held-out numbers come from PPO's sampler, so PPO and RLOO runs compare like for like.
+    ev = PPOConfig(response_length=cfg.response_length, temperature=cfg.temperature, seed=cfg.seed)
+    path = resolve_model(cfg.model)
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval().requires_grad_(False)
+
+    def measure(policy) -> dict[str, float]:
+        rm = reward.to(device).eval()
+        return heldout(_policy_and_value(policy.to(device).eval(), rm), ref, rm, test_ids, ev, tok, device)
+
+    before = measure(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32))
+    trainer = RLOOTrainer(
+        model=path,
+        reward_funcs=reward,
+        args=_trl_config(cfg),
+        train_dataset=Dataset.from_dict({"prompt": train_p}),
+        processing_class=tok,
+        reward_processing_classes=rm_tok,
+    )
+    trainer.add_callback(metrics_callback(cfg.output_dir))
+    trainer.train()
+    trainer.save_model(cfg.output_dir)
+    tok.save_pretrained(cfg.output_dir)
+    after = measure(trainer.model)
+    return {f"{k}_before": v for k, v in before.items()} | after | {"heldout_prompts": len(test_ids)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = parse_config(RLOOArgs, argv, prog="train.py rloo")
+    if not cfg.reward_model:
+        raise SystemExit("error: --reward-model is required (train one with `rlhf/train.py reward`)")
+    out = start_run(cfg)
+    results = train(cfg)
+    write_eval(out, results)
+    about = (
+        f"RLOO (TRL RLOOTrainer, Ahmadian et al. 2024) against reward model `{cfg.reward_model}`. "
+        f"Held-out mean reward {results['score_before']:.3f} -> {results['score']:.3f}, KL {results['kl']:.2f} nats."
+    )
+    write_model_card(out, cfg, "rloo", results, about)
+    print(f"[rloo] held-out score {results['score_before']:.4f} -> {results['score']:.4f}; KL {results['kl']:.3f}")
+    return 0

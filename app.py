@@ -25,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860, help="port")
     p.add_argument("--users", help="users file (python -m annotate add-user); turns on login")
     p.add_argument("--strategy", default="balanced", help="pair sampling: uniform | balanced | active")
+    p.add_argument("--reward-model", help="reward model directory ranking pairs for --strategy active (required)")
+    p.add_argument(
+        "--reward-refresh-s", type=float, default=0.0,
+        help="with --strategy active: re-score the pool when --reward-model's weights change (check every N s)",
+    )  # fmt: skip
     p.add_argument("--overlap", type=int, default=1, help="different annotators per pair (agreement)")
     p.add_argument("--gold-share", type=float, default=0.0, help="share of serves that are gold pairs")
     p.add_argument("--repeat-rate", type=float, default=0.0, help="share of serves re-showing a judged pair swapped")
@@ -47,10 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     from annotate.ui import CSS, AppConfig, build_app
     from annotate.users import Authenticator
 
+    if (args.strategy == "active") != bool(args.reward_model):
+        print("error: --strategy active and --reward-model DIR go together (active ranks pairs by the reward "
+              "model's uncertainty; other strategies use no model)", file=sys.stderr)  # fmt: skip
+        return 2
     try:
-        store = ComparisonStore(args.store)
+        store = ComparisonStore(args.store, seal_idle_s=5.0)  # votes reach Parquet parts 5 s after a lull
+        pool = read_pool(args.pool)
+        strategy = args.strategy
+        if args.reward_model:
+            strategy = _active_strategy(pool, args.reward_model, args.reward_refresh_s)
         sampler = PairSampler(
-            read_pool(args.pool), strategy=args.strategy, overlap=args.overlap, gold_share=args.gold_share,
+            pool, strategy=strategy, overlap=args.overlap, gold_share=args.gold_share,
             repeat_rate=args.repeat_rate, honeypot_rate=args.honeypot_rate, seed=args.seed, votes=store.read(),
         )  # fmt: skip
         auth = Authenticator(args.users) if args.users else None
@@ -73,6 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         store.close()  # votes are durable already; this only folds the write-ahead segment into Parquet
     return 0
+
+
+def _active_strategy(pool, model_dir: str, refresh_s: float):
+    from annotate.active import ActiveStrategy
+
+    if not Path(model_dir, "config.json").exists():
+        raise FileNotFoundError(f"--reward-model {model_dir}: no config.json there (train one: rlhf/train.py reward)")
+    strategy = ActiveStrategy.from_reward_model(pool, model_dir)
+    if refresh_s > 0:
+        strategy.watch(refresh_s)
+    return strategy
 
 
 def _interrupt(signum, frame) -> None:

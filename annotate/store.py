@@ -79,7 +79,17 @@ def write_parquet_atomic(root: Path, table: pa.Table, name: str, replaces: Itera
 class ComparisonStore:
     """Append comparisons durably and read them back. Safe for many threads and many processes."""
 
-    def __init__(self, root: str | os.PathLike, *, seal_every: int = 1000):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        seal_every: int = 1000,
+        seal_idle_s: float | None = None,
+        compact_over: int = 64,
+    ):
+        """`seal_every`: records per segment before it becomes a Parquet part. `seal_idle_s`: also seal once no
+        append came for that long (a long-running app, so plain Parquet readers see votes within seconds), and
+        then compact when more than `compact_over` parts pile up."""
         self.root = Path(root)
         self.seal_every = seal_every
         (self.root / "wal").mkdir(parents=True, exist_ok=True)
@@ -87,6 +97,20 @@ class ComparisonStore:
         self._seg_fd: int | None = None
         self._seg_name: str | None = None
         self._seg_records: list[dict] = []
+        self._last_append = 0.0
+        self._stop = threading.Event()
+        if seal_idle_s is not None:
+            args = (seal_idle_s, compact_over)
+            threading.Thread(target=self._seal_when_idle, args=args, daemon=True, name="store-sealer").start()
+
+    def _seal_when_idle(self, idle_s: float, compact_over: int) -> None:
+        while not self._stop.wait(min(1.0, idle_s)):
+            with self._lock:
+                if not self._seg_records or time.monotonic() - self._last_append < idle_s:
+                    continue
+                self._seal_locked()
+            if len(list(self.root.glob("part-*.parquet"))) > compact_over:
+                self.compact()
 
     # -- writing -------------------------------------------------------------------------------------------
     def _open_segment(self) -> None:
@@ -112,6 +136,7 @@ class ComparisonStore:
             os.write(self._seg_fd, data)
             os.fsync(self._seg_fd)
             self._seg_records.extend(records)
+            self._last_append = time.monotonic()
             if len(self._seg_records) >= self.seal_every:
                 self._seal_locked()
         return [r["comparison_id"] for r in records]
@@ -143,6 +168,7 @@ class ComparisonStore:
 
     def close(self) -> None:
         """Seal the open segment into Parquet. Not needed for durability, only to keep the file count low."""
+        self._stop.set()
         with self._lock:
             self._seal_locked()
 

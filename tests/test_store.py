@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import fsspec
@@ -189,3 +190,24 @@ def test_append_validates_and_missing_store_is_reported(tmp_path):
     assert ids_of(tmp_path) == []
     with pytest.raises(FileNotFoundError):
         read_table(str(tmp_path / "nope"))
+
+
+def test_idle_writer_seals_into_parquet_and_compacts(tmp_path):
+    """A long-running writer (the app) turns its segment into a Parquet part after a lull, so plain Parquet
+    readers see the votes; too many parts are compacted into one."""
+    import pyarrow.dataset as pads
+
+    store = ComparisonStore(tmp_path / "s", seal_idle_s=0.2, compact_over=3)
+    ids = []
+    for burst in range(5):
+        ids += [store.append(record(burst * 10 + i)) for i in range(3)]
+        deadline = time.monotonic() + 10
+        while list((tmp_path / "s" / "wal").glob("seg-*.jsonl")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not list((tmp_path / "s" / "wal").glob("seg-*.jsonl")), "segment not sealed after the lull"
+    parts = sorted((tmp_path / "s").glob("part-*.parquet"))
+    assert len(parts) <= 4  # compacted once more than 3 piled up
+    plain = pads.dataset([str(p) for p in parts], format="parquet").to_table()
+    assert sorted(plain.column("comparison_id").to_pylist()) == sorted(ids)
+    assert sorted(read_table(str(tmp_path / "s")).column("comparison_id").to_pylist()) == sorted(ids)
+    store.close()

@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if (args.strategy == "active") != bool(args.reward_model):
+        print("error: --strategy active and --reward-model DIR go together (active ranks pairs by the reward "
+              "model's uncertainty; other strategies use no model)", file=sys.stderr)  # fmt: skip
+        return 2
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls home
     # Gradio rebuilds a pandas summary of recent events after every event by default; under load that costs
     # more CPU than the vote itself.
@@ -52,10 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     from annotate.ui import CSS, AppConfig, build_app
     from annotate.users import Authenticator
 
-    if (args.strategy == "active") != bool(args.reward_model):
-        print("error: --strategy active and --reward-model DIR go together (active ranks pairs by the reward "
-              "model's uncertainty; other strategies use no model)", file=sys.stderr)  # fmt: skip
-        return 2
     try:
         store = ComparisonStore(args.store, seal_idle_s=5.0)  # votes reach Parquet parts 5 s after a lull
         pool = read_pool(args.pool)

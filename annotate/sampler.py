@@ -15,7 +15,8 @@ per annotator, which pairs they have seen, so that:
   (same annotator + pair twice; response_a_id == response_b_id).
 
 State is rebuilt from the store's records at start-up, so a restart keeps counts. All public methods are
-thread-safe (Gradio runs handlers in threads). Strategies plug in through STRATEGIES.
+thread-safe (Gradio runs handlers in threads). Strategies plug in through STRATEGIES; `active` (annotate.active)
+needs reward-model scores, so it is passed in as an instance.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
+from annotate.active import ActiveStrategy
 from annotate.pool import gold_pairs
 from annotate.schema import SchemaError
 
@@ -67,6 +69,7 @@ class _Vote:
     choice: str
     day: date
     gold_correct: bool | None  # None when not a gold pair or not an a/b decision
+    side: str | None = None  # the decision in canonical terms: "a", "b", "tie"; None for skips and both_bad
 
 
 class Strategy(Protocol):
@@ -91,19 +94,6 @@ class BalancedStrategy:
             if cands:
                 return rng.choice(tuple(cands))
         return None
-
-
-class ActiveStrategy:
-    """Rank pairs by reward-model uncertainty (small reward gap) and vote disagreement; issue 6."""
-
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError(
-            "--strategy active (pairs ranked by reward-model uncertainty) is not implemented yet; "
-            "use 'uniform' or 'balanced'. It plugs in here as a Strategy with a choose() method."
-        )
-
-    def choose(self, sampler: PairSampler, annotator: str, rng: random.Random) -> int | None:
-        raise NotImplementedError
 
 
 STRATEGIES: dict[str, type] = {"uniform": UniformStrategy, "balanced": BalancedStrategy, "active": ActiveStrategy}
@@ -146,6 +136,7 @@ class PairSampler:
         self._votes: dict[str, _Vote] = {}
         self._mine: dict[str, dict[str, _Vote]] = defaultdict(dict)  # annotator -> comparison_id -> vote
         self._left_by: dict[tuple[str, int], str] = {}  # (annotator, pair) -> canonical side last shown left
+        self._tally: dict[int, dict[str, int]] = defaultdict(lambda: {"a": 0, "b": 0, "tie": 0})  # canonical votes
         if votes is not None and votes.num_rows:
             self.load_votes(votes)
 
@@ -201,19 +192,25 @@ class PairSampler:
     def _add_vote(self, rec: dict) -> None:
         i = self.pair_index(rec["prompt_id"], rec["response_a_id"], rec["response_b_id"])
         created = rec.get("created_at") or datetime.now(UTC)
-        gold_correct = None
+        gold_correct, side = None, None
         if i is not None and rec["response_a_id"] != rec["response_b_id"]:
             self._seen[rec["annotator"]].add(i)
             if rec["choice"] != "skip":
                 old = self._load(i)
                 self._judges[i][rec["annotator"]] += 1
                 self._move(i, old)
-            gold = self.pairs[i][3]
-            if gold is not None and rec["choice"] in ("a", "b"):
+            if rec["choice"] in ("a", "b"):
                 # The record's a/b may be in either order; compare by response id.
                 chosen = rec["response_a_id"] if rec["choice"] == "a" else rec["response_b_id"]
-                gold_correct = chosen == (self.pairs[i][1] if gold == "a" else self.pairs[i][2]).response_id
-        vote = _Vote(rec["annotator"], -1 if i is None else i, rec["choice"], created.date(), gold_correct)
+                side = "a" if chosen == self.pairs[i][1].response_id else "b"
+            elif rec["choice"] == "tie":
+                side = "tie"
+            if side is not None:
+                self._tally[i][side] += 1
+            gold = self.pairs[i][3]
+            if gold is not None and side in ("a", "b"):
+                gold_correct = side == gold
+        vote = _Vote(rec["annotator"], -1 if i is None else i, rec["choice"], created.date(), gold_correct, side)
         self._votes[rec["comparison_id"]] = self._mine[rec["annotator"]][rec["comparison_id"]] = vote
 
     def _remove_vote(self, comparison_id: str) -> None:
@@ -222,6 +219,8 @@ class PairSampler:
             self._mine[v.annotator].pop(comparison_id, None)
         if v is None or v.pair < 0 or v.choice == "skip":
             return
+        if v.side is not None:
+            self._tally[v.pair][v.side] -= 1
         judges = self._judges[v.pair]
         if judges.get(v.annotator, 0) > 0:
             old = self._load(v.pair)
@@ -242,6 +241,14 @@ class PairSampler:
         """Pairs still needing judgments that this annotator has not seen (for strategies)."""
         seen = self._seen[annotator]
         return [i for bucket in self._buckets for i in bucket if i not in seen]
+
+    def is_open(self, annotator: str, i: int) -> bool:
+        """Pair i still needs judgments and this annotator has not seen it (for strategies)."""
+        return self._load(i) < self.overlap and i not in self._seen[annotator]
+
+    def voted_pairs(self) -> list[int]:
+        """Pairs holding at least one a/b/tie vote (for strategies that weigh votes already cast)."""
+        return [i for i, t in self._tally.items() if any(t.values())]
 
     def next_pair(self, annotator: str) -> Pair | None:
         """The next pair to show `annotator`, or None when nothing is left for them."""
@@ -336,6 +343,11 @@ class PairSampler:
             "gold_n": len(gold),
             "gold_accuracy": (sum(gold) / len(gold)) if gold else None,
         }
+
+    def tally(self, i: int) -> dict[str, int]:
+        """Votes cast on pair i in canonical terms: {"a": n, "b": n, "tie": n} (retractions removed)."""
+        with self._lock:
+            return dict(self._tally[i]) if i in self._tally else {"a": 0, "b": 0, "tie": 0}
 
     def judgments(self, pairs: Iterable[int] | None = None) -> list[int]:
         """Distinct annotators who judged each pair (skips excluded)."""

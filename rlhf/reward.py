@@ -4,6 +4,9 @@ The model is the base LM with a one-output sequence-classification head, trained
 loss = -log sigmoid(r(x, y_chosen) - r(x, y_rejected))  (Eq. 1 of Ouyang et al. 2022, arXiv 2203.02155),
 optionally through LoRA adapters. After training it reports, on held-out prompts, pairwise accuracy and the
 correlation of reward with response length (the verbosity check: a reward that mostly counts tokens is a bug).
+`--length-debias` counters raters' taste for length in the training pairs: `resample` balances, within bins of
+length difference, pairs where the chosen response is the longer with pairs where it is the shorter; `joint`
+fits a length term with the reward and drops it at inference (see LengthDebiasTrainer).
 `score()` is the one way the rest of the project (ppo, evaluate, audit) asks a reward model for numbers.
 """
 
@@ -32,6 +35,18 @@ class RewardArgs(BaseConfig):
         default=None, metadata={"help": "pull mean reward to 0 (Eisenstein et al. 2023); e.g. 0.01"}
     )
     score_batch_size: int = field(default=32, metadata={"help": "batch size for held-out scoring"})
+    length_debias: str = field(
+        default="none",
+        metadata={
+            "help": "counter length bias: none; resample (chosen is the longer in half the pairs, per "
+            "length-difference bin); joint (a length term fitted with the reward, dropped at inference)",
+            "choices": ["none", "resample", "joint"],
+        },
+    )
+    length_lr: float = field(default=1e-2, metadata={"help": "joint: learning rate of the length weight"})
+    length_decorrelation: float = field(
+        default=1.0, metadata={"help": "joint: weight of the |Pearson(reward, length)| penalty per batch (ODIN)"}
+    )
 
 
 def load_reward_model(name_or_path: str, tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedModel:
@@ -83,18 +98,21 @@ def score(
     return out
 
 
-def heldout_report(model, tokenizer, test: Dataset, batch_size: int = 32) -> dict[str, Any]:
-    """Pairwise accuracy, mean margin and reward-vs-length correlation (Pearson, Spearman) on held-out pairs."""
+def heldout_report(model, tokenizer, test: Dataset, batch_size: int = 32, length_coef: float = 0.0) -> dict[str, Any]:
+    """Pairwise accuracy, mean margin and reward-vs-length correlation (Pearson, Spearman) on held-out pairs.
+
+    `length_coef` (reward per response token) adds a fitted length term back, to report a joint fit with it.
+    """
     import numpy as np
     from scipy import stats
 
     prompts = list(test["prompt"])
     chosen = [m[0]["content"] for m in test["chosen"]]
     rejected = [m[0]["content"] for m in test["rejected"]]
-    r_c = np.array(score(model, tokenizer, prompts, chosen, batch_size))
-    r_r = np.array(score(model, tokenizer, prompts, rejected, batch_size))
-    rewards = np.concatenate([r_c, r_r])
     lengths = np.array([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in chosen + rejected])
+    r_c = np.array(score(model, tokenizer, prompts, chosen, batch_size)) + length_coef * lengths[: len(chosen)]
+    r_r = np.array(score(model, tokenizer, prompts, rejected, batch_size)) + length_coef * lengths[len(chosen) :]
+    rewards = np.concatenate([r_c, r_r])
     varied = rewards.std() > 0 and lengths.std() > 0  # correlation is undefined for a constant
     return {
         "eval_pairs": len(test),
@@ -105,6 +123,94 @@ def heldout_report(model, tokenizer, test: Dataset, batch_size: int = 32) -> dic
         "eval_length_pearson": float(stats.pearsonr(rewards, lengths)[0]) if varied else None,
         "eval_length_spearman": float(stats.spearmanr(rewards, lengths)[0]) if varied else None,
     }
+
+
+def length_balanced(ds: Dataset, seed: int = 0, bins: int = 4) -> Dataset:
+    """Resample so the chosen response is the longer in half the pairs, separately per |length difference| bin.
+
+    The minority direction of each bin is oversampled (with replacement) up to the majority's count: nothing is
+    thrown away, and a rater's length preference can no longer be read off the training pairs. Needs the
+    chosen_len/rejected_len columns that rlhf.data.drop_long adds.
+    """
+    import numpy as np
+
+    d = np.array(ds["chosen_len"]) - np.array(ds["rejected_len"])  # the prompt cancels in the difference
+    rng = np.random.default_rng(seed)
+    keep = list(np.flatnonzero(d == 0))
+    nz = np.flatnonzero(d != 0)
+    edges = np.quantile(np.abs(d[nz]), np.linspace(0, 1, bins + 1)[1:-1]) if len(nz) else []
+    which = np.digitize(np.abs(d[nz]), edges)
+    for b in range(bins):
+        idx = nz[which == b]
+        small, big = sorted((idx[d[idx] > 0], idx[d[idx] < 0]), key=len)
+        keep += list(idx)
+        if len(small):  # a bin with one direction only cannot be balanced by resampling
+            keep += list(rng.choice(small, len(big) - len(small)))
+    rng.shuffle(keep)
+    return ds.select([int(i) for i in keep])
+
+
+def chosen_longer_share(ds: Dataset) -> float | None:
+    """P(chosen longer | lengths differ) in a set with chosen_len/rejected_len columns."""
+    d = [c - r for c, r in zip(ds["chosen_len"], ds["rejected_len"]) if c != r]
+    return sum(x > 0 for x in d) / len(d) if d else None
+
+
+def length_debias_trainer(**kw):
+    """A RewardTrainer whose Bradley-Terry logit has a learned length term, dropped at inference:
+
+    loss = -log sigmoid(r(x, y_c) - r(x, y_r) + w * (len_c - len_r) / scale) + lambda * |Pearson(r, len)|
+
+    The length term is the length control of Chatbot Arena's style-controlled Bradley-Terry
+    (lmsys.org/blog/2024-08-28-style-control): w soaks up the part of the preference that length explains. On its
+    own it does not stop r from learning length too (a network counts tokens as easily as w does), so, as in ODIN
+    (Chen et al. 2024, arXiv 2402.07319), a penalty on the batch correlation of r with length keeps r length-free.
+    `kw` adds length_scale, length_lr and decorrelation (lambda).
+    """
+    import torch
+    from torch import nn
+    from trl import RewardTrainer
+
+    class LengthDebiasTrainer(RewardTrainer):
+        def __init__(self, *args, length_scale: float, length_lr: float, decorrelation: float, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.length_scale, self.length_lr, self.decorrelation = length_scale, length_lr, decorrelation
+            # Not a model parameter, so save_pretrained() writes a plain reward model: dropped at inference.
+            self.length_w = nn.Parameter(torch.zeros((), device=next(self.model.parameters()).device))
+
+        def create_optimizer(self, model=None):
+            opt = super().create_optimizer(model)
+            if all(p is not self.length_w for g in opt.param_groups for p in g["params"]):
+                # Its own (larger) rate: one scalar at the backbone's 1e-5 would barely move in a run.
+                opt.add_param_group({"params": [self.length_w], "lr": self.length_lr, "weight_decay": 0.0})
+            return opt
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            inputs["use_cache"] = False
+            outputs = model(**inputs)
+            rewards = outputs.logits.squeeze(-1)  # (2B,): chosen then rejected
+            r_c, r_r = torch.chunk(rewards, chunks=2)  # (B,), (B,)
+            # Sequence lengths (2B,): prompt + response; the prompt's tokens cancel in the difference.
+            lengths = inputs["attention_mask"].sum(-1).float() / self.length_scale
+            l_c, l_r = torch.chunk(lengths, chunks=2)
+            logit = r_c - r_r + self.length_w * (l_c - l_r)
+            if "margin" in inputs:
+                logit = logit - inputs["margin"]
+            loss = -nn.functional.logsigmoid(logit).mean()
+            if self.decorrelation > 0 and lengths.std() > 0:
+                r0, l0 = rewards - rewards.mean(), lengths - lengths.mean()
+                corr = (r0 * l0).sum() / (r0.norm() * l0.norm() + 1e-8)
+                loss = loss + self.decorrelation * corr.abs()
+            if self.args.center_rewards_coefficient is not None:
+                loss = loss + self.args.center_rewards_coefficient * torch.mean((r_c + r_r) ** 2)
+            with torch.no_grad():
+                self._metrics[mode]["accuracy"].append((r_c > r_r).float().mean().item())  # r alone
+                self._metrics[mode]["margin"].append((r_c - r_r).mean().item())
+                self._metrics[mode]["length_weight"].append(self.length_w.item())
+            return (loss, outputs) if return_outputs else loss
+
+    return LengthDebiasTrainer(**kw)
 
 
 def build_trainer(cfg: RewardArgs):
@@ -142,7 +248,12 @@ def build_trainer(cfg: RewardArgs):
         center_rewards_coefficient=cfg.center_rewards_coefficient,
         eval_strategy="no",
     )
-    trainer = RewardTrainer(
+    info["train"]["chosen_longer_share"] = chosen_longer_share(train)
+    if cfg.length_debias == "resample":
+        train = length_balanced(train, cfg.seed)
+        info["train"]["chosen_longer_share_resampled"] = chosen_longer_share(train)
+        info["train"]["pairs_resampled"] = len(train)
+    kw = dict(
         model=model,
         args=args,
         train_dataset=trainer_columns(train),
@@ -150,6 +261,16 @@ def build_trainer(cfg: RewardArgs):
         peft_config=peft_config,
         callbacks=[metrics_callback(cfg.output_dir)],
     )
+    if cfg.length_debias == "joint":
+        import numpy as np
+
+        # Scale: one standard deviation of the length difference, so w is O(1) whatever the data.
+        spread = float(np.std(np.array(train["chosen_len"]) - np.array(train["rejected_len"])))
+        trainer = length_debias_trainer(
+            length_scale=spread or 1.0, length_lr=cfg.length_lr, decorrelation=cfg.length_decorrelation, **kw
+        )
+    else:
+        trainer = RewardTrainer(**kw)
     return trainer, tokenizer, test, info
 
 
@@ -166,6 +287,14 @@ def run(cfg: RewardArgs) -> dict[str, Any]:
     tokenizer.save_pretrained(out)
     results = heldout_report(model, tokenizer, test, cfg.score_batch_size)
     results["eval_accuracy_before"] = before["eval_accuracy"]
+    results["eval_length_spearman_before"] = before["eval_length_spearman"]
+    results["length_debias"] = cfg.length_debias
+    if cfg.length_debias == "joint":
+        coef = float(trainer.length_w.detach()) / trainer.length_scale  # reward per token of length
+        full = heldout_report(model, tokenizer, test, cfg.score_batch_size, length_coef=coef)
+        results["length_weight_per_token"] = coef
+        results["eval_accuracy_with_length_term"] = full["eval_accuracy"]
+        results["eval_length_spearman_with_length_term"] = full["eval_length_spearman"]
     results.update({f"train_{k}": v for k, v in info["train"].items()})
     write_eval(out, results)
     write_model_card(
@@ -178,7 +307,13 @@ def run(cfg: RewardArgs) -> dict[str, Any]:
     print(
         f"[reward] held-out accuracy {results['eval_accuracy']:.3f} on {results['eval_pairs']} pairs "
         f"(before training {before['eval_accuracy']:.3f}); reward~length Spearman {results['eval_length_spearman']}"
+        f" (before training {before['eval_length_spearman']})"
     )
+    if cfg.length_debias == "joint":
+        print(
+            f"[reward] length term (dropped at inference): {results['length_weight_per_token']:.4g} per token; with "
+            f"it, held-out reward~length Spearman {results['eval_length_spearman_with_length_term']}"
+        )
     return results
 
 

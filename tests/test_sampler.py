@@ -164,7 +164,7 @@ def test_restart_from_store_keeps_state(tmp_path):
 
 
 def test_strategy_registry_and_active_seam():
-    with pytest.raises(NotImplementedError, match="not implemented yet"):
+    with pytest.raises(ValueError, match="needs reward-model scores"):  # active is tested in test_active.py
         PairSampler(make_pool(2, 2), strategy="active")
     with pytest.raises(ValueError, match="unknown strategy"):
         PairSampler(make_pool(2, 2), strategy="nope")

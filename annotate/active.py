@@ -1,0 +1,167 @@
+"""Active pair sampling: serve first the pairs a reward model is least sure about, or that annotators dispute.
+
+Each pool candidate is scored once (rlhf.reward.score) and a pair's priority is
+
+    priority = u + w * d
+    u = 1 - |2 sigmoid(r_a - r_b) - 1|       (1 when the rewards are equal: the Bradley-Terry probability is 1/2)
+    d = max(split, against)                   (0 with no votes)
+    split   = 1 - |n_a - n_b| / n             (1-1 is fully split; a tie vote counts as split)
+    against = (votes for the side the reward model ranks lower + tie / 2) / n
+
+so with `overlap >= 2` a pair whose first votes contradict the reward model, or each other, is re-served before
+a fresh pair the model is merely unsure about. With overlap 1 a judged pair is closed and only `u` matters.
+Scores come from a reward model directory; `refresh()` re-scores from a newer checkpoint (the swap is atomic and
+scoring runs outside the sampler's lock, so serving never waits on a model).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from annotate.sampler import PairSampler
+
+Scores = Mapping[tuple[str, str], float]  # (prompt_id, response_id) -> reward
+
+
+def score_pool(pool: pa.Table, model_dir: str | Path, batch_size: int = 32, chunk: int = 256) -> dict:
+    """Reward of every pool candidate: {(prompt_id, response_id): float}, with a progress bar."""
+    from tqdm import tqdm
+
+    from rlhf.models import load_tokenizer
+    from rlhf.reward import load_reward_model, score
+
+    rows = pool.select(["prompt_id", "prompt", "response_id", "response"]).to_pylist()
+    tokenizer = load_tokenizer(str(model_dir))
+    model = load_reward_model(str(model_dir), tokenizer)
+    rewards: list[float] = []
+    # Chunks larger than a batch: the bar moves, score() still batches and pads within each chunk.
+    for start in tqdm(range(0, len(rows), chunk), desc=f"Scoring pool with {Path(model_dir).name}", unit="chunk"):
+        part = rows[start : start + chunk]
+        rewards += score(model, tokenizer, [r["prompt"] for r in part], [r["response"] for r in part], batch_size)
+    return {(r["prompt_id"], r["response_id"]): x for r, x in zip(rows, rewards)}
+
+
+def disagreement(tally: Mapping[str, int], prefers: str) -> float:
+    """max(split, against) over the votes cast (see the module docstring); 0 with no votes."""
+    n_a, n_b, n_tie = tally.get("a", 0), tally.get("b", 0), tally.get("tie", 0)
+    n = n_a + n_b + n_tie
+    if n == 0:
+        return 0.0
+    split = 1 - abs(n_a - n_b) / n
+    against = ((n_b if prefers == "a" else n_a) + n_tie / 2) / n
+    return max(split, against)
+
+
+class ActiveStrategy:
+    """A Strategy for PairSampler ranking open pairs by reward-model uncertainty and vote disagreement."""
+
+    def __init__(
+        self,
+        scores: Scores | None = None,
+        *,
+        disagreement_weight: float = 1.0,
+        pool: pa.Table | None = None,
+        model_dir: str | Path | None = None,
+    ):
+        if scores is None:
+            raise ValueError(
+                "strategy 'active' needs reward-model scores: pass ActiveStrategy(scores) or "
+                "ActiveStrategy.from_reward_model(pool, DIR) (app.py: --strategy active --reward-model DIR)"
+            )
+        self.disagreement_weight = disagreement_weight
+        self.pool, self.model_dir = pool, model_dir
+        self.version = 0  # bumped by every update_scores(): callers can tell a refresh happened
+        self._lock = threading.RLock()
+        self._scores = dict(scores)
+        self._bound: PairSampler | None = None  # the sampler the derived arrays below belong to
+        self._uncertainty: list[float] = []
+        self._prefers: list[str] = []
+        self._order: list[int] = []  # pair indices, most uncertain first
+
+    @classmethod
+    def from_reward_model(cls, pool: pa.Table, model_dir: str | Path, **kw) -> ActiveStrategy:
+        return cls(score_pool(pool, model_dir), pool=pool, model_dir=model_dir, **kw)
+
+    # -- scores ---------------------------------------------------------------------------------------------
+    def update_scores(self, scores: Scores) -> None:
+        """Swap in new scores (e.g. from a retrained reward model); the ranking is rebuilt on the next serve."""
+        scores = dict(scores)
+        with self._lock:
+            self._scores, self._bound = scores, None
+            self.version += 1
+
+    def refresh(self, model_dir: str | Path | None = None) -> None:
+        """Re-score the pool with a (newer) reward model; scoring happens before the lock is taken."""
+        model_dir = model_dir or self.model_dir
+        if self.pool is None or model_dir is None:
+            raise ValueError("refresh() needs the pool and a model directory (use from_reward_model)")
+        self.update_scores(score_pool(self.pool, model_dir))
+        self.model_dir = model_dir
+
+    def watch(self, every_s: float) -> threading.Thread:
+        """Re-score whenever the model directory's weights change (checked every `every_s` seconds)."""
+
+        def stamp() -> float:
+            files = list(Path(self.model_dir).glob("*.safetensors"))
+            return max((f.stat().st_mtime for f in files), default=0.0)
+
+        def loop() -> None:
+            last = stamp()
+            while not stop.wait(every_s):
+                if (now := stamp()) != last:
+                    last = now
+                    try:
+                        self.refresh()
+                    except Exception as e:  # a half-written checkpoint: keep the old scores, retry next change
+                        print(f"[active] re-scoring from {self.model_dir} failed: {e}", flush=True)
+                        last = 0.0
+
+        stop = threading.Event()
+        thread = threading.Thread(target=loop, name="active-rescore", daemon=True)
+        thread.stop = stop  # type: ignore[attr-defined]
+        thread.start()
+        return thread
+
+    def _prepare(self, sampler: PairSampler, rng: random.Random) -> None:
+        missing = [(pid, c.response_id) for pid, a, b, _ in sampler.pairs for c in (a, b)]
+        missing = [k for k in missing if k not in self._scores]
+        if missing:
+            raise ValueError(f"active: {len(missing)} pool candidates have no reward score, e.g. {missing[0]}")
+        self._uncertainty, self._prefers = [], []
+        for pid, a, b, _ in sampler.pairs:
+            gap = self._scores[(pid, a.response_id)] - self._scores[(pid, b.response_id)]
+            self._uncertainty.append(2 / (1 + math.exp(min(abs(gap), 700.0))))  # = 1 - |2 sigmoid(gap) - 1|
+            self._prefers.append("a" if gap >= 0 else "b")
+        order = list(range(len(sampler.pairs)))
+        rng.shuffle(order)  # equal uncertainty (e.g. an untrained model scoring everything alike): random order
+        self._order = sorted(order, key=lambda i: -self._uncertainty[i])
+        self._bound = sampler
+
+    # -- Strategy -------------------------------------------------------------------------------------------
+    def priority(self, sampler: PairSampler, i: int) -> float:
+        with self._lock:
+            if self._bound is not sampler:
+                self._prepare(sampler, random.Random(0))
+            return self._uncertainty[i] + self.disagreement_weight * disagreement(sampler.tally(i), self._prefers[i])
+
+    def choose(self, sampler: PairSampler, annotator: str, rng: random.Random) -> int | None:
+        with self._lock:
+            if self._bound is not sampler:
+                self._prepare(sampler, rng)
+            # Pairs without votes rank by uncertainty alone, so the first open one in order beats every other
+            # vote-free pair; only pairs holding votes (d > 0 possible) can outrank it.
+            first = next((i for i in self._order if sampler.is_open(annotator, i)), None)
+            cands = [i for i in sampler.voted_pairs() if sampler.is_open(annotator, i)]
+            if first is not None:
+                cands.insert(0, first)
+            if not cands:
+                return None
+            return max(cands, key=lambda i: self.priority(sampler, i))  # max keeps the first of equals

@@ -1,0 +1,78 @@
+"""--length-debias on a set where length and quality are confounded in training but not in the held-out split.
+
+Quality here is a word a tiny model learns reliably ("answer 7" beats "the 7"), but rater noise hides it in a
+quarter of the training pairs; the confound is padding: in training the preferred response is the longer one in
+~85% of pairs (a stronger cue than the word), in held-out pairs 50%. A reward model trained
+as is learns length; with resample or joint debiasing its held-out reward follows length less, at no real cost in
+held-out accuracy.
+"""
+
+import json
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rlhf import train
+from rlhf.data import arithmetic_tokenizer, synthetic_arithmetic
+from rlhf.models import save_tiny_model
+
+pytestmark = pytest.mark.slow
+
+
+def padded(rows: list[dict], p_chosen_longer: float, p_marked: float, rng: random.Random) -> list[dict]:
+    """Pad one side of each pair; the quality word marks the chosen side in a share p_marked of pairs (noise)."""
+    out = []
+    for r in rows:
+        long, short = rng.randint(3, 6), rng.randint(0, 2)
+        kc, kr = (long, short) if rng.random() < p_chosen_longer else (short, long)
+        wc, wr = ("answer", "the") if rng.random() < p_marked else ("the", "answer")
+        good, bad = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        out.append({**r, "chosen": [{"role": "assistant", "content": "= " * kc + f"{wc} {good}"}],
+                    "rejected": [{"role": "assistant", "content": "= " * kr + f"{wr} {bad}"}]})  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("debias")
+    rng = random.Random(0)
+    rows = synthetic_arithmetic(n_prompts=100, wrong_per_prompt=4, seed=0)
+    test_ids = {r["prompt_id"] for r in rows[-80:]}  # the last 20 prompts (4 pairs each)
+    train_rows = padded([r for r in rows if r["prompt_id"] not in test_ids], 0.85, 0.75, rng)
+    test_rows = padded([r for r in rows if r["prompt_id"] in test_ids], 0.5, 1.0, rng)
+    (root / "data").mkdir()
+    for name, part in (("train", train_rows), ("test", test_rows)):
+        pq.write_table(pa.Table.from_pylist(part), root / f"data/prefs-{name}.parquet")
+    model = save_tiny_model(root / "tiny", arithmetic_tokenizer(), layers=1, hidden=32, heads=2)
+    results = {}
+    for mode in ("none", "resample", "joint"):
+        argv = ["reward", "--model", model, "--data", str(root / "data/prefs-train.parquet"), "--max-steps", "150",
+                "--output-dir", str(root / mode), "--learning-rate", "3e-3", "--per-device-train-batch-size", "16",
+                "--logging-steps", "50", "--length-debias", mode]  # fmt: skip
+        assert train.main(argv) == 0
+        results[mode] = json.loads((root / mode / "eval.json").read_text())
+    return results
+
+
+def test_training_pairs_are_confounded(runs):
+    share = runs["none"]["train_chosen_longer_share"]
+    assert 0.8 < share < 0.9
+    assert runs["resample"]["train_chosen_longer_share_resampled"] == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("mode", ["resample", "joint"])
+def test_debias_lowers_length_correlation_without_losing_accuracy(runs, mode):
+    plain, debiased = runs["none"], runs[mode]
+    assert debiased["length_debias"] == mode
+    print(mode, {k: (plain[k], debiased[k]) for k in ("eval_accuracy", "eval_length_spearman")})
+    assert debiased["eval_length_spearman"] < plain["eval_length_spearman"] - 0.1
+    assert debiased["eval_accuracy"] >= plain["eval_accuracy"] - 0.02
+
+
+def test_joint_reports_the_length_term_it_dropped(runs):
+    joint = runs["joint"]
+    assert joint["length_weight_per_token"] > 0  # longer was preferred in training: the term took that up
+    # With the term added back the held-out reward follows length more than the reward alone does.
+    assert joint["eval_length_spearman_with_length_term"] > joint["eval_length_spearman"]

@@ -216,12 +216,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m rlhf.distill_report", description=main.__doc__)
     p.add_argument("--student", required=True, help="the distill run's output dir")
-    p.add_argument("--teacher", help="teacher dir (default: the one recorded in distill_config.yaml)")
+    p.add_argument("--teacher", help="teacher dir (default: the one recorded in the run's config.yaml)")
     p.add_argument("--reward-model", help="reward model dir")
     args = p.parse_args(argv)
     import yaml
 
-    cfg = DistillConfig(**yaml.safe_load((Path(args.student) / "distill_config.yaml").read_text()))
+    cfg = DistillConfig(**yaml.safe_load((Path(args.student) / "config.yaml").read_text()))
     rows = [json.loads(x) for x in (Path(args.student) / "teacher_answers.jsonl").read_text().splitlines()]
     held = [r for r in rows if r["split"] == "eval"]
     build_report(

@@ -124,11 +124,8 @@ def split_by_prompt(ds: Dataset, test_fraction: float, seed: int = 0) -> tuple[D
 
 def load_splits(data: str, eval_data: str | None = None, test_fraction: float = 0.1, seed: int = 0):
     """(train, test) from --data/--eval-data. An export's X-train.parquet finds its X-test.parquet sibling."""
-    path = Path(data)
-    if eval_data is None and "-train." in path.name:
-        sibling = path.with_name(path.name.replace("-train.", "-test."))
-        eval_data = str(sibling) if sibling.exists() else None
-    train = load_preferences(path)
+    eval_data = heldout_path(data, eval_data)
+    train = load_preferences(data)
     if eval_data is not None:
         return train, load_preferences(eval_data)
     return split_by_prompt(train, test_fraction, seed)
@@ -271,3 +268,55 @@ def write_synthetic_export(out_dir: str | Path, test_fraction: float = 0.2, seed
     for ds, path in zip((train, test), paths):
         pq.write_table(pa.Table.from_pylist(ds.to_list()), path)
     return paths
+
+
+# -- prompts (for methods that generate: ppo, rloo, evaluate, distill) ----------------------------------------
+Messages = list[dict[str, str]]
+
+
+def load_prompts(path: str | Path) -> list[Messages]:
+    """Unique prompts (as messages) from an export (.parquet or .jsonl), a candidate pool, or a .txt file."""
+    from annotate.schema import SchemaError, as_messages
+
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such prompts file")
+        table = pq.read_table(path)
+        if "prompt" not in table.column_names:
+            raise SchemaError(f"{path}: missing field 'prompt'")
+        seen: dict[str, Messages] = {}
+        for i, p in enumerate(table.column("prompt").to_pylist()):
+            try:
+                msgs = as_messages(p)
+            except SchemaError as e:
+                raise SchemaError(f"{path}: row {i}: {e}") from None
+            seen.setdefault(json.dumps(msgs, sort_keys=True), msgs)
+        return list(seen.values())
+    from annotate.generate import read_prompts  # JSONL (export, pool, prompts) or plain text
+
+    return [row["prompt"] for row in read_prompts(path)]
+
+
+def heldout_path(data: str, eval_data: str | None) -> str | None:
+    """--eval-data, else the X-test.parquet an export wrote next to X-train.parquet, else None (split instead)."""
+    if eval_data or "-train." not in Path(data).name:
+        return eval_data
+    sibling = Path(data).with_name(Path(data).name.replace("-train.", "-test."))
+    return str(sibling) if sibling.exists() else None
+
+
+def split_prompts(
+    prompts: list[Messages], eval_path: str | None, test_fraction: float, seed: int
+) -> tuple[list[Messages], list[Messages]]:
+    """(train, held-out) prompts: --eval-data when given, else a seeded split by prompt."""
+    if eval_path:
+        return prompts, load_prompts(eval_path)
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    n_test = max(1, round(len(prompts) * test_fraction))
+    if n_test >= len(prompts):
+        raise ValueError(f"test fraction {test_fraction} leaves no training prompts ({len(prompts)} prompts)")
+    return [prompts[i] for i in order[n_test:]], [prompts[i] for i in order[:n_test]]

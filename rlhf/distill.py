@@ -241,21 +241,11 @@ def train_student(cfg: DistillConfig, student, teacher, tokenizer, prompts, answ
 
 
 def _load_prompts(cfg: DistillConfig) -> list[Messages]:
-    if cfg.data:
-        from rlhf.data import load_preferences
+    if not (cfg.data or cfg.prompts):
+        raise SchemaError("distill needs prompts: pass --prompts FILE or --data EXPORT.parquet")
+    from rlhf.data import load_prompts  # exports, pools, JSONL or .txt prompt files
 
-        seen, prompts = set(), []
-        for p in load_preferences(cfg.data)["prompt"]:
-            key = json.dumps(p, sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                prompts.append(p)
-        return prompts
-    if cfg.prompts:
-        from annotate.generate import read_prompts  # the project's one prompts reader (JSONL, pool or .txt)
-
-        return [row["prompt"] for row in read_prompts(cfg.prompts)]
-    raise SchemaError("distill needs prompts: pass --prompts FILE or --data EXPORT.parquet")
+    return load_prompts(cfg.data or cfg.prompts)
 
 
 def build_student(cfg: DistillConfig, teacher, tokenizer):

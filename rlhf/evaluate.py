@@ -47,57 +47,6 @@ class EvalConfig:
     seed: int = field(default=42, metadata={"help": "seed for prompt sampling and generation"})
 
 
-# -- prompts ------------------------------------------------------------------------------------------------------
-
-
-def load_prompts(path: str | Path) -> list[Messages]:
-    """Unique prompts (as messages) from an export (.parquet or .jsonl), a candidate pool, or a .txt file."""
-    from annotate.schema import SchemaError, as_messages
-
-    path = Path(path)
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such prompts file")
-        table = pq.read_table(path)
-        if "prompt" not in table.column_names:
-            raise SchemaError(f"{path}: missing field 'prompt'")
-        seen: dict[str, Messages] = {}
-        for i, p in enumerate(table.column("prompt").to_pylist()):
-            try:
-                msgs = as_messages(p)
-            except SchemaError as e:
-                raise SchemaError(f"{path}: row {i}: {e}") from None
-            seen.setdefault(json.dumps(msgs, sort_keys=True), msgs)
-        return list(seen.values())
-    from annotate.generate import read_prompts  # JSONL (export, pool, prompts) or plain text
-
-    return [row["prompt"] for row in read_prompts(path)]
-
-
-def heldout_path(data: str, eval_data: str | None) -> str | None:
-    """--eval-data, else the X-test.parquet an export wrote next to X-train.parquet, else None (split instead)."""
-    if eval_data or "-train." not in Path(data).name:
-        return eval_data
-    sibling = Path(data).with_name(Path(data).name.replace("-train.", "-test."))
-    return str(sibling) if sibling.exists() else None
-
-
-def split_prompts(
-    prompts: list[Messages], eval_path: str | None, test_fraction: float, seed: int
-) -> tuple[list[Messages], list[Messages]]:
-    """(train, held-out) prompts: --eval-data when given, else a seeded split by prompt."""
-    if eval_path:
-        return prompts, load_prompts(eval_path)
-    order = list(range(len(prompts)))
-    random.Random(seed).shuffle(order)
-    n_test = max(1, round(len(prompts) * test_fraction))
-    if n_test >= len(prompts):
-        raise ValueError(f"test fraction {test_fraction} leaves no training prompts ({len(prompts)} prompts)")
-    return [prompts[i] for i in order[n_test:]], [prompts[i] for i in order[:n_test]]
-
-
 # -- the statistics (pure) ----------------------------------------------------------------------------------------
 
 
@@ -233,6 +182,7 @@ def side_by_side(examples: list[dict[str, Any]]) -> str:
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     import torch
 
+    from rlhf.data import load_prompts
     from rlhf.models import load_tokenizer
     from rlhf.reward import load_reward_model, score
 

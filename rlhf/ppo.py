@@ -299,7 +299,7 @@ def make_accelerator(cfg: PPOConfig):
 
 def prompt_ids(cfg: PPOConfig, tok) -> tuple[list[list[int]], list[list[int]]]:
     """(train, held-out) prompt token ids; prompts that leave no room for --response-length are dropped."""
-    from rlhf.evaluate import heldout_path, load_prompts, split_prompts
+    from rlhf.data import heldout_path, load_prompts, split_prompts
 
     eval_path = heldout_path(cfg.data, cfg.eval_data)
     train_prompts, test_prompts = split_prompts(load_prompts(cfg.data), eval_path, cfg.test_fraction, cfg.seed)

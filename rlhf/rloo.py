@@ -56,7 +56,7 @@ def train(cfg: RLOOArgs) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
     from trl import RLOOTrainer
 
-    from rlhf.evaluate import heldout_path, load_prompts, split_prompts
+    from rlhf.data import heldout_path, load_prompts, split_prompts
     from rlhf.models import load_tokenizer, resolve_model
     from rlhf.ppo import PPOConfig, _policy_and_value, encode_prompts, heldout
     from rlhf.reward import load_reward_model

@@ -187,3 +187,13 @@ python rlhf/train.py {argv}
 def _fmt(v: Any) -> str:
     v = _clean(v)
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def load_data(cfg: BaseConfig):
+    """(tokenizer, train, test, data info) for a training run: the model's tokenizer and the prepared splits."""
+    from rlhf.data import prepare
+    from rlhf.models import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    kw = dict(eval_data=cfg.eval_data, test_fraction=cfg.test_fraction, seed=cfg.seed, max_length=cfg.max_length)
+    return (tokenizer, *prepare(cfg.data, tokenizer, **kw))

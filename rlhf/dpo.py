@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhf.common import BaseConfig, metrics_callback, start_run, trl_args, write_eval, write_model_card
+from rlhf.common import BaseConfig, load_data, metrics_callback, start_run, trl_args, write_eval, write_model_card
 from rlhf.config import parse_config
 
 LOSS_TYPES = ["sigmoid", "ipo", "sigmoid_norm"]
@@ -59,18 +59,10 @@ def build_trainer(cfg: DPOArgs):
     from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
-    from rlhf.data import prepare, trainer_columns
-    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.data import trainer_columns
+    from rlhf.models import load_causal_lm
 
-    tokenizer = load_tokenizer(cfg.model)
-    train, test, info = prepare(
-        cfg.data,
-        tokenizer,
-        eval_data=cfg.eval_data,
-        test_fraction=cfg.test_fraction,
-        seed=cfg.seed,
-        max_length=cfg.max_length,
-    )
+    tokenizer, train, test, info = load_data(cfg)
     set_seed(cfg.seed)
     policy = load_causal_lm(cfg.model, dtype="float32")  # master weights in fp32; bf16 autocast when enabled
     args = trl_args(

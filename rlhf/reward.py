@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rlhf.common import BaseConfig, metrics_callback, start_run, trl_args, write_eval, write_model_card
+from rlhf.common import BaseConfig, load_data, metrics_callback, start_run, trl_args, write_eval, write_model_card
 from rlhf.config import parse_config
 
 if TYPE_CHECKING:
@@ -217,18 +217,9 @@ def build_trainer(cfg: RewardArgs):
     """(trainer, tokenizer, held-out set, data info): everything prepared, nothing trained yet."""
     from trl import RewardConfig, RewardTrainer
 
-    from rlhf.data import prepare, trainer_columns
-    from rlhf.models import load_tokenizer
+    from rlhf.data import trainer_columns
 
-    tokenizer = load_tokenizer(cfg.model)
-    train, test, info = prepare(
-        cfg.data,
-        tokenizer,
-        eval_data=cfg.eval_data,
-        test_fraction=cfg.test_fraction,
-        seed=cfg.seed,
-        max_length=cfg.max_length,
-    )
+    tokenizer, train, test, info = load_data(cfg)
     from transformers import set_seed
 
     set_seed(cfg.seed)  # the new score head is drawn here: same seed, same run

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhf.common import BaseConfig, metrics_callback, start_run, trl_args, write_eval, write_model_card
+from rlhf.common import BaseConfig, load_data, metrics_callback, start_run, trl_args, write_eval, write_model_card
 from rlhf.config import parse_config
 
 
@@ -35,18 +35,9 @@ def build_trainer(cfg: SFTArgs):
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from rlhf.data import prepare
-    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.models import load_causal_lm
 
-    tokenizer = load_tokenizer(cfg.model)
-    train, test, info = prepare(
-        cfg.data,
-        tokenizer,
-        eval_data=cfg.eval_data,
-        test_fraction=cfg.test_fraction,
-        seed=cfg.seed,
-        max_length=cfg.max_length,
-    )
+    tokenizer, train, test, info = load_data(cfg)
     set_seed(cfg.seed)
     model = load_causal_lm(cfg.model, dtype="float32")
     args = trl_args(cfg, SFTConfig, default_lr=2e-5, packing=cfg.packing, eval_strategy="no")

@@ -13,9 +13,11 @@ import hashlib
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from annotate.pool import iter_jsonl
 from annotate.schema import SchemaError, as_messages
 
 # (temperature, top_p): sample k uses entry k % len. From near-greedy to loose, so candidates differ.
@@ -28,6 +30,20 @@ def _prompt_id(messages: list[dict[str, str]]) -> str:
     return f"p-{digest[:10]}"
 
 
+def _prompt_lines(path: Path) -> Iterator[tuple[int, Any, Any]]:
+    """(line number, raw prompt, prompt_id or None) from JSONL(.gz) rows or the lines of a plain text file."""
+    if path.suffix == ".jsonl" or path.name.endswith(".jsonl.gz"):
+        for n, row in iter_jsonl(path):  # names file and line for bad JSON or a truncated gzip
+            if "prompt" not in row:
+                raise SchemaError(f"{path}: line {n}: missing field 'prompt'")
+            yield n, row["prompt"], row.get("prompt_id")
+        return
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if line.strip():
+                yield n, line.rstrip("\n"), None
+
+
 def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     """Read prompts from JSONL ({prompt_id?, prompt: text or messages} per line) or plain text (one per line).
 
@@ -37,36 +53,20 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such prompts file")
-    is_jsonl = path.suffix == ".jsonl"
     prompts: dict[str, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {n}"
-            if is_jsonl:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SchemaError(f"{where}: invalid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise SchemaError(f"{where}: expected a JSON object with a 'prompt' field")
-                if "prompt" not in row:
-                    raise SchemaError(f"{where}: missing field 'prompt'")
-                raw_prompt, pid = row["prompt"], row.get("prompt_id")
-            else:
-                raw_prompt, pid = line.rstrip("\n"), None
-            try:
-                messages = as_messages(raw_prompt)
-            except SchemaError as e:
-                raise SchemaError(f"{where}: {e}") from None
-            if pid is None:
-                pid = _prompt_id(messages)
-            elif not isinstance(pid, str) or not pid.strip():
-                raise SchemaError(f"{where}: field 'prompt_id': expected non-empty text, got {pid!r}")
-            if pid in prompts and prompts[pid]["prompt"] != messages:
-                raise SchemaError(f"{where}: field 'prompt_id': {pid!r} already used for a different prompt")
-            prompts.setdefault(pid, {"prompt_id": pid, "prompt": messages})
+    for n, raw_prompt, pid in _prompt_lines(path):
+        where = f"{path}: line {n}"
+        try:
+            messages = as_messages(raw_prompt)
+        except SchemaError as e:
+            raise SchemaError(f"{where}: {e}") from None
+        if pid is None:
+            pid = _prompt_id(messages)
+        elif not isinstance(pid, str) or not pid.strip():
+            raise SchemaError(f"{where}: field 'prompt_id': expected non-empty text, got {pid!r}")
+        if pid in prompts and prompts[pid]["prompt"] != messages:
+            raise SchemaError(f"{where}: field 'prompt_id': {pid!r} already used for a different prompt")
+        prompts.setdefault(pid, {"prompt_id": pid, "prompt": messages})
     if not prompts:
         raise SchemaError(f"{path}: no prompts found")
     return list(prompts.values())

@@ -197,3 +197,13 @@ def load_data(cfg: BaseConfig):
     tokenizer = load_tokenizer(cfg.model)
     kw = dict(eval_data=cfg.eval_data, test_fraction=cfg.test_fraction, seed=cfg.seed, max_length=cfg.max_length)
     return (tokenizer, *prepare(cfg.data, tokenizer, **kw))
+
+
+def finish_rl_run(out_dir: str | Path, cfg: BaseConfig, command: str, results: dict[str, Any], method: str) -> None:
+    """eval.json, model card and a one-line summary for a policy trained against a reward model (ppo, rloo),
+    whose results carry the held-out score before/after and the KL to the starting policy."""
+    write_eval(out_dir, results)
+    change = f"{results['score_before']:.3f} -> {results['score']:.3f}, KL {results['kl']:.2f} nats"
+    about = f"{method} against reward model `{cfg.reward_model}`. Held-out mean reward {change}."
+    write_model_card(out_dir, cfg, command, results, about)
+    print(f"[{command}] held-out score {change}")

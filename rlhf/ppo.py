@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rlhf.common import BaseConfig, append_metrics, start_run, use_cuda, write_eval, write_model_card
+from rlhf.common import BaseConfig, append_metrics, finish_rl_run, start_run, use_cuda
 from rlhf.config import parse_config
 
 if TYPE_CHECKING:
@@ -374,12 +374,5 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.reward_model:
         raise SystemExit("error: --reward-model is required (train one with `rlhf/train.py reward`)")
     out = start_run(cfg)
-    results = train(cfg, out)
-    write_eval(out, results)
-    about = (
-        f"PPO (N+ implementation details, Huang et al. 2024) against reward model `{cfg.reward_model}`. "
-        f"Held-out mean reward {results['score_before']:.3f} -> {results['score']:.3f}, KL {results['kl']:.2f} nats."
-    )
-    write_model_card(out, cfg, "ppo", results, about)
-    print(f"[ppo] held-out score {results['score_before']:.4f} -> {results['score']:.4f}; KL {results['kl']:.3f}")
+    finish_rl_run(out, cfg, "ppo", train(cfg, out), "PPO (N+ implementation details, Huang et al. 2024)")
     return 0

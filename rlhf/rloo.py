@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhf.common import BaseConfig, metrics_callback, start_run, trl_args, use_cuda, write_eval, write_model_card
+from rlhf.common import BaseConfig, finish_rl_run, metrics_callback, start_run, trl_args, use_cuda
 from rlhf.config import parse_config
 
 
@@ -109,12 +109,5 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.reward_model:
         raise SystemExit("error: --reward-model is required (train one with `rlhf/train.py reward`)")
     out = start_run(cfg)
-    results = train(cfg)
-    write_eval(out, results)
-    about = (
-        f"RLOO (TRL RLOOTrainer, Ahmadian et al. 2024) against reward model `{cfg.reward_model}`. "
-        f"Held-out mean reward {results['score_before']:.3f} -> {results['score']:.3f}, KL {results['kl']:.2f} nats."
-    )
-    write_model_card(out, cfg, "rloo", results, about)
-    print(f"[rloo] held-out score {results['score_before']:.4f} -> {results['score']:.4f}; KL {results['kl']:.3f}")
+    finish_rl_run(out, cfg, "rloo", train(cfg), "RLOO (TRL RLOOTrainer, Ahmadian et al. 2024)")
     return 0

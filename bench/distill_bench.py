@@ -5,7 +5,7 @@
 1. HH-RLHF harmless sample -> `python -m annotate import --format hh` -> `export --test-fraction 0.1`;
    a reward model (`rlhf/train.py reward --model default`) unless `--reward-model DIR` reuses one (e.g. from
    bench/hh_reward.sh, which trains the same recipe on an export of the same sample).
-2. The teacher: `rlhf/train.py dpo --model default` for `--dpo-steps` steps on that export.
+2. The teacher: `rlhf/train.py dpo --model default` for `--dpo-steps` steps of `--dpo-batch` pairs on that export.
 3. `rlhf/train.py distill --teacher WORK/dpo --student-layers 15 --reward-model RM` on the first human turns of
    the same HH sample (short, single-turn preference prompts); the report card lands in WORK/distill.
 
@@ -52,7 +52,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--hh", default=str(HH), help="HH-RLHF JSONL(.gz)")
     p.add_argument("--reward-model", help="reuse this reward model instead of training one")
     p.add_argument("--reward-steps", type=int, default=40, help="reward model steps (batch 4) when training one")
-    p.add_argument("--dpo-steps", type=int, default=12, help="DPO steps (batch 4) for the teacher")
+    p.add_argument("--dpo-steps", type=int, default=40, help="DPO steps for the teacher")
+    p.add_argument("--dpo-batch", type=int, default=8, help="DPO pairs per step")
     p.add_argument("--dpo-lr", default="5e-6", help="DPO learning rate")
     p.add_argument("--student-layers", type=int, default=15, help="layers kept in the student (teacher has 30)")
     p.add_argument("--max-prompts", type=int, default=96, help="distill prompts, held-out ones included")
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     dpo = str(work / "dpo")
     if not (Path(dpo) / "eval.json").exists():
         sh(["python", "rlhf/train.py", "dpo", "--model", "default", "--data", train, "--output-dir", dpo,
-            "--max-steps", str(args.dpo_steps), "--learning-rate", args.dpo_lr, *common])  # fmt: skip
+            "--max-steps", str(args.dpo_steps), "--learning-rate", args.dpo_lr, *common,
+            "--per-device-train-batch-size", str(args.dpo_batch)])  # fmt: skip
     # 3. the half-depth student and its report card
     prompts = hh_prompts(Path(args.hh), work / "hh_prompts.jsonl")
     out = str(work / "distill")

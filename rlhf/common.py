@@ -57,6 +57,21 @@ class BaseConfig:
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps; 0 = only the final model"})
 
 
+@dataclass
+class PackingConfig:
+    """Padding-free training (reward and dpo): see rlhf/packing.py."""
+
+    packing: bool = field(
+        default=True,
+        metadata={"help": "pack each batch's sequences into rows without pad tokens: same loss, less compute"},
+    )
+    pack_row_tokens: int = field(default=0, metadata={"help": "tokens per packed row; 0 = --max-length"})
+
+
+def row_tokens(cfg: Any) -> int:
+    return cfg.pack_row_tokens or cfg.max_length
+
+
 def use_cuda(cfg: BaseConfig) -> bool:
     import torch
 

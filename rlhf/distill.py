@@ -69,6 +69,9 @@ class DistillConfig(BaseConfig):
     reward_model: str | None = field(default=None, metadata={"help": "reward model dir, for the report card"})
     report: bool = field(default=True, metadata={"help": "write distill_report.json and its plot"})
     speed_prompts: int = field(default=8, metadata={"help": "prompts timed for generation speed in the report"})
+    speed_batch_size: int = field(
+        default=8, metadata={"help": "batch for the report's second (batched) speed figure; 1 = batch 1 only"}
+    )
 
     def __post_init__(self) -> None:
         # --teacher and --model name the same thing; `model` is what the run's config.yaml and card call the base.
@@ -331,8 +334,8 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
 
         build_report(
             cfg.teacher, str(out), eval_p, eval_a, out_dir=out, reward_model=cfg.reward_model,
-            max_new_tokens=cfg.max_new_tokens, speed_prompts=cfg.speed_prompts, teacher_model=teacher,
-            student_model=student, tokenizer=tokenizer,
+            max_new_tokens=cfg.max_new_tokens, speed_prompts=cfg.speed_prompts, speed_batch_size=cfg.speed_batch_size,
+            teacher_model=teacher, student_model=student, tokenizer=tokenizer,
         )  # fmt: skip
     return {**results, "train_loss": [{"step": h["step"], "loss": h["loss"]} for h in history]}
 

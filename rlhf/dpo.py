@@ -19,14 +19,24 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhf.common import BaseConfig, load_data, metrics_callback, start_run, trl_args, write_eval, write_model_card
+from rlhf.common import (
+    BaseConfig,
+    PackingConfig,
+    load_data,
+    metrics_callback,
+    row_tokens,
+    start_run,
+    trl_args,
+    write_eval,
+    write_model_card,
+)
 from rlhf.config import parse_config
 
 LOSS_TYPES = ["sigmoid", "ipo", "sigmoid_norm"]
 
 
 @dataclass
-class DPOArgs(BaseConfig):
+class DPOArgs(PackingConfig, BaseConfig):
     """Direct preference optimisation of a policy on preference pairs (TRL DPOTrainer)."""
 
     output_dir: str = field(default="runs/dpo", metadata={"help": "where the model, config and metrics go"})
@@ -39,7 +49,7 @@ class DPOArgs(BaseConfig):
         default=None, metadata={"help": "LD-DPO weight in [0, 1] for tokens past the shorter response; off if unset"}
     )
     precompute_ref_log_probs: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "score the whole dataset with the reference once, then train without it (faster)"},
     )
     precompute_ref_batch_size: int | None = field(
@@ -61,6 +71,7 @@ def build_trainer(cfg: DPOArgs):
 
     from rlhf.data import trainer_columns
     from rlhf.models import load_causal_lm
+    from rlhf.packing import packed_dpo_trainer
 
     tokenizer, train, test, info = load_data(cfg)
     set_seed(cfg.seed)
@@ -76,7 +87,8 @@ def build_trainer(cfg: DPOArgs):
         precompute_ref_batch_size=cfg.precompute_ref_batch_size,
         eval_strategy="no",
     )
-    trainer = DPOTrainer(
+    trainer_cls = packed_dpo_trainer(row_tokens(cfg)) if cfg.packing else DPOTrainer
+    trainer = trainer_cls(
         model=policy,
         ref_model=frozen_copy(policy),
         args=args,

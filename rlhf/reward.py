@@ -16,7 +16,17 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rlhf.common import BaseConfig, load_data, metrics_callback, start_run, trl_args, write_eval, write_model_card
+from rlhf.common import (
+    BaseConfig,
+    PackingConfig,
+    load_data,
+    metrics_callback,
+    row_tokens,
+    start_run,
+    trl_args,
+    write_eval,
+    write_model_card,
+)
 from rlhf.config import parse_config
 
 if TYPE_CHECKING:
@@ -25,7 +35,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class RewardArgs(BaseConfig):
+class RewardArgs(PackingConfig, BaseConfig):
     """Train a reward model on preference pairs (TRL RewardTrainer)."""
 
     output_dir: str = field(default="runs/reward", metadata={"help": "where the model, config and metrics go"})
@@ -262,6 +272,12 @@ def build_trainer(cfg: RewardArgs):
         )
     else:
         trainer = RewardTrainer(**kw)
+    if cfg.packing:
+        from rlhf.packing import enable_packed_reward
+
+        # Under LoRA, patch the wrapped transformers model: peft's forward ends up calling its forward.
+        inner = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+        enable_packed_reward(inner, row_tokens(cfg))
     return trainer, tokenizer, test, info
 
 

@@ -60,6 +60,7 @@ def _cfg(models, out, **kw) -> DistillConfig:
         device="cpu",
         reward_model=models["rm"],
         speed_prompts=4,
+        speed_batch_size=2,
     )
     return DistillConfig(**{**base, **kw})
 
@@ -89,6 +90,10 @@ def test_token_distillation_reduces_divergence_and_writes_complete_report(models
     assert report["student"]["parameters"] < report["teacher"]["parameters"]
     assert report["student"]["size_on_disk_mb"] < report["teacher"]["size_on_disk_mb"]
     assert report["speedup"] == pytest.approx(report["student"]["tokens_per_s"] / report["teacher"]["tokens_per_s"])
+    batched = report["batched_tokens_per_s"]
+    assert report["speed_batch_size"] == 2 and min(batched.values()) > 0
+    ratio = batched["student_tokens_per_s"] / batched["teacher_tokens_per_s"]
+    assert report["speedup_batched"] == pytest.approx(ratio)
     assert 0 <= report["top1_agreement"] <= 1 and report["kl_per_token"] >= 0
     assert report["top1_agreement"] == pytest.approx(res["top1_agreement_after"])
     rw = report["reward"]

@@ -72,6 +72,13 @@ def row_tokens(cfg: Any) -> int:
     return cfg.pack_row_tokens or cfg.max_length
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a `torchrun` / `accelerate launch` job (or a plain run): the one process that writes files."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def use_cuda(cfg: BaseConfig) -> bool:
     import torch
 
@@ -125,8 +132,9 @@ def start_run(cfg: BaseConfig) -> Path:
         raise SystemExit("error: --data is required (a preference export or a store directory)")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    (out / "metrics.jsonl").write_text("")
+    if is_main_process():
+        save_config(cfg, out / "config.yaml")
+        (out / "metrics.jsonl").write_text("")
     return out
 
 
@@ -158,6 +166,8 @@ def metrics_callback(out_dir: str | Path) -> TrainerCallback:
 
 def write_eval(out_dir: str | Path, results: dict[str, Any]) -> None:
     """Held-out results: eval.json, plus one `split: eval` line in metrics.jsonl."""
+    if not is_main_process():
+        return
     clean = {k: _clean(v) for k, v in results.items()}
     Path(out_dir, "eval.json").write_text(json.dumps(clean, indent=2) + "\n")
     append_metrics(out_dir, {"split": "eval", **clean})
@@ -165,6 +175,8 @@ def write_eval(out_dir: str | Path, results: dict[str, Any]) -> None:
 
 def write_model_card(out_dir: str | Path, cfg: BaseConfig, command: str, results: dict[str, Any], about: str) -> None:
     """README.md with Hub front matter, the exact command, the resolved config and the held-out results."""
+    if not is_main_process():
+        return
     rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in results.items())
     config = "\n".join(f"{k}: {v!r}" for k, v in dataclasses.asdict(cfg).items())
     argv = " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("train.py") else f"{command} ..."
@@ -211,7 +223,41 @@ def load_data(cfg: BaseConfig):
 
     tokenizer = load_tokenizer(cfg.model)
     kw = dict(eval_data=cfg.eval_data, test_fraction=cfg.test_fraction, seed=cfg.seed, max_length=cfg.max_length)
-    return (tokenizer, *prepare(cfg.data, tokenizer, **kw))
+    train, test, info = prepare(cfg.data, tokenizer, **kw)
+    return (tokenizer, *shared_on_disk(train, test, cfg.output_dir), info)
+
+
+def shared_on_disk(train, test, out_dir: str | Path, timeout_s: float = 1800.0):
+    """Under several processes, the splits as one Arrow copy on disk that every rank reads.
+
+    In-memory datasets keep their cache files in a per-process temporary directory, so a cache that rank 0 writes
+    (TRL's precomputed reference log-probs, for one) is invisible to the other ranks, which then fail. Saved under
+    the run directory, the splits and their caches are shared. A single process keeps them in memory.
+    No process group exists yet at this point, so rank 0 publishes the copy with an atomic rename and the others
+    wait for it; the folder is named for this launch so a previous run's copy is never read."""
+    import os
+    import shutil
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return train, test
+    from datasets import load_from_disk
+
+    launch = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "0")
+    where = Path(out_dir) / f"prepared-data-{launch}"
+    if is_main_process():
+        tmp = where.with_name(where.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        train.save_to_disk(str(tmp / "train"))
+        test.save_to_disk(str(tmp / "test"))
+        tmp.rename(where)
+    else:
+        waited = 0.0
+        while not where.exists():
+            if waited > timeout_s:
+                raise TimeoutError(f"rank {os.environ.get('RANK')}: {where} never appeared (did rank 0 fail?)")
+            time.sleep(0.2)
+            waited += 0.2
+    return load_from_disk(str(where / "train")), load_from_disk(str(where / "test"))
 
 
 def finish_rl_run(out_dir: str | Path, cfg: BaseConfig, command: str, results: dict[str, Any], method: str) -> None:

@@ -112,8 +112,7 @@ def run(cfg: DPOArgs) -> dict[str, Any]:
     before = implicit_margin(trainer)  # ~0 by construction: policy == reference at step 0
     trainer.train()
     after = implicit_margin(trainer)
-    trainer.model.save_pretrained(out)
-    trainer.processing_class.save_pretrained(out)
+    trainer.save_model(str(out))  # rank 0 only, with the weights gathered under ZeRO-3/FSDP
     results = {f"eval_{k}": v for k, v in after.items()}
     results.update({f"eval_{k}_before": v for k, v in before.items()})
     results.update({f"train_{k}": v for k, v in info["train"].items()})

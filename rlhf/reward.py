@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rlhf.common import (
     BaseConfig,
     PackingConfig,
+    is_main_process,
     load_data,
     metrics_callback,
     row_tokens,
@@ -290,8 +291,9 @@ def run(cfg: RewardArgs) -> dict[str, Any]:
     model = trainer.model
     if cfg.lora_r > 0:
         model = model.merge_and_unload()  # a plain checkpoint that score() and the other commands load directly
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    if is_main_process():
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     results = heldout_report(model, tokenizer, test, cfg.score_batch_size)
     results["eval_accuracy_before"] = before["eval_accuracy"]
     results["eval_length_spearman_before"] = before["eval_length_spearman"]

@@ -58,8 +58,7 @@ def run(cfg: SFTArgs) -> dict[str, Any]:
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
     after = trainer.evaluate()["eval_loss"]
-    trainer.model.save_pretrained(out)
-    trainer.processing_class.save_pretrained(out)
+    trainer.save_model(str(out))  # rank 0 only, with the weights gathered under ZeRO-3/FSDP
     results = {"eval_loss": after, "eval_loss_before": before, "eval_pairs": info["test"]["pairs"]}
     results.update({f"train_{k}": v for k, v in info["train"].items()})
     write_eval(out, results)

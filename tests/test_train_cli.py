@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -95,3 +96,25 @@ def test_shipped_recipes_parse():
             assert cfg.output_dir
     for path in sorted((ROOT / "recipes" / "accelerate").glob("*.yaml")):
         assert "distributed_type" in yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("method", ["dpo", "reward"])
+def test_two_processes_train_data_parallel(tmp_path, method):
+    """The same command under torchrun (what `accelerate launch` runs on GPUs), two CPU processes over gloo: each
+    rank sees half the batches, and the precomputed reference log-probs rank 0 caches are found by rank 1."""
+    model = save_tiny_model(tmp_path / "tiny", arithmetic_tokenizer(), layers=1, hidden=32, heads=2)
+    data, _ = write_synthetic_export(tmp_path / "data", test_fraction=0.2, n_prompts=40, wrong_per_prompt=4)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "rlhf/train.py", method,
+           "--model", model, "--data", str(data), "--output-dir", str(out), "--max-steps", "4",
+           "--per-device-train-batch-size", "4", "--learning-rate", "1e-3", "--logging-steps", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert len(train_rows) == 4  # one log per step, written once (rank 0), not once per rank
+    pairs = json.loads((out / "eval.json").read_text())["train_pairs"]
+    # 4 steps x 4 pairs x 2 ranks: twice the data a single process would have seen.
+    assert train_rows[-1]["epoch"] == pytest.approx(4 * 4 * 2 / pairs, rel=0.05)
+    assert (out / "model.safetensors").exists() and (out / "README.md").exists()

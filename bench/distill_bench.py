@@ -76,11 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         sh(["python", "-m", "annotate", "export", "--store", str(store), "--out", str(prefs),
             "--test-fraction", "0.1"])  # fmt: skip
     train = str(work / "prefs-train.parquet")
-    common = ["--max-length", "256", "--per-device-train-batch-size", "4", "--logging-steps", "2", "--device", "cpu"]
+    common = ["--max-length", "256", "--logging-steps", "2", "--device", "cpu"]
     rm = args.reward_model or str(work / "reward")
     if not (Path(rm) / "eval.json").exists():
         sh(["python", "rlhf/train.py", "reward", "--model", "default", "--data", train, "--output-dir", rm,
-            "--max-steps", str(args.reward_steps), "--learning-rate", "2e-5", *common])  # fmt: skip
+            "--max-steps", str(args.reward_steps), "--learning-rate", "2e-5", "--per-device-train-batch-size", "4",
+            *common])  # fmt: skip
     # 2. the teacher: a short DPO of the default SmolLM2
     dpo = str(work / "dpo")
     if not (Path(dpo) / "eval.json").exists():

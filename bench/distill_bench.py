@@ -6,8 +6,9 @@
    a reward model (`rlhf/train.py reward --model default`) unless `--reward-model DIR` reuses one (e.g. from
    bench/hh_reward.sh, which trains the same recipe on an export of the same sample).
 2. The teacher: `rlhf/train.py dpo --model default` for `--dpo-steps` steps of `--dpo-batch` pairs on that export.
-3. `rlhf/train.py distill --teacher WORK/dpo --student-layers 15 --reward-model RM` on the first human turns of
-   the same HH sample (short, single-turn preference prompts); the report card lands in WORK/distill.
+3. `rlhf/train.py distill --teacher WORK/dpo --student-layers 15 --reward-model RM --trim-vocab
+   --trim-vocab-data WORK/prefs-train.parquet` on the first human turns of the same HH sample (short, single-turn
+   preference prompts); the report card, with the vocabulary-trimmed student's figures, lands in WORK/distill.
 
 Every step runs as the CLI a user would type (printed before it runs); a step whose output already holds an
 eval.json is skipped, so an interrupted run resumes. Copy the figures and the printed commands into
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "--max-prompts", str(args.max_prompts), "--eval-prompts", str(args.eval_prompts),
         "--max-new-tokens", str(args.max_new_tokens), "--num-train-epochs", args.epochs,
         "--per-device-train-batch-size", "8", "--logging-steps", "1", "--device", "cpu",
-        "--speed-prompts", str(args.speed_prompts), *extra])  # fmt: skip
+        "--speed-prompts", str(args.speed_prompts), "--trim-vocab", "--trim-vocab-data", train, *extra])  # fmt: skip
     report = json.loads((Path(out) / "distill_report.json").read_text())
     rw = report["reward"]
     print(

@@ -72,6 +72,16 @@ class DistillConfig(BaseConfig):
     speed_batch_size: int = field(
         default=8, metadata={"help": "batch for the report's second (batched) speed figure; 1 = batch 1 only"}
     )
+    trim_vocab: bool = field(
+        default=False,
+        metadata={"help": "also save OUTPUT_DIR/trimmed-vocab: the student with only the tokens its prompts and "
+                  "teacher answers use (a much smaller output layer; it cannot emit the others)"},
+    )  # fmt: skip
+    trim_vocab_data: str | None = field(
+        default=None,
+        metadata={"help": "preference export (or store) whose prompts and responses also count for --trim-vocab: "
+                  "more of the domain's tokens kept, fewer out of reach, a little less speed"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         # --teacher and --model name the same thing; `model` is what the run's config.yaml and card call the base.
@@ -274,6 +284,32 @@ def _save_answers(path: Path, splits: dict[str, tuple[list, list]]) -> None:
                 f.write(json.dumps({"split": split, "prompt": p, "answer_ids": a}) + "\n")
 
 
+def trim_student(
+    student_dir: str, rows: list[dict[str, Any]], model=None, tokenizer=None, data: str | None = None
+) -> str:
+    """Write STUDENT_DIR/trimmed-vocab: the student keeping only the tokens of its training prompts (as the chat
+    template renders them) and teacher answers, plus those of a preference export's conversations if `data` is
+    given (rlhf/vocab_trim.py). Returns the directory."""
+    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.vocab_trim import trim
+
+    tokenizer = tokenizer or load_tokenizer(student_dir)
+    model = model or load_causal_lm(student_dir, dtype="float32")
+    texts = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in rows]
+    texts += tokenizer.batch_decode([r["answer_ids"] for r in rows], skip_special_tokens=False)
+    if data:
+        from rlhf.data import load_preferences
+
+        for pair in load_preferences(data):
+            for side in ("chosen", "rejected"):
+                texts.append(tokenizer.apply_chat_template(pair["prompt"] + pair[side], tokenize=False))
+    where = Path(student_dir) / "trimmed-vocab"
+    info = trim(model, tokenizer, texts, where)
+    (where / "vocab_trim.json").write_text(json.dumps(info))
+    print(f"[distill] trimmed vocabulary: {info['kept']:,} of {info['full']:,} tokens kept -> {where}")
+    return str(where)
+
+
 def distill(cfg: DistillConfig) -> dict[str, Any]:
     """Teacher answers -> student -> training -> held-out divergence; saves the student, metrics and report."""
     import torch
@@ -329,13 +365,17 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         f"[distill] held-out KL(teacher||student) {before['kl']:.4f} -> {after['kl']:.4f} nats/token; top-1 "
         f"agreement {before['top1_agreement']:.3f} -> {after['top1_agreement']:.3f}; student saved to {out}"
     )
+    trimmed = None
+    if cfg.trim_vocab:
+        rows = [{"prompt": p, "answer_ids": a} for p, a in zip(train_p, train_a)]
+        trimmed = trim_student(str(out), rows, model=student, tokenizer=tokenizer, data=cfg.trim_vocab_data)
     if cfg.report:
         from rlhf.distill_report import build_report
 
         build_report(
             cfg.teacher, str(out), eval_p, eval_a, out_dir=out, reward_model=cfg.reward_model,
             max_new_tokens=cfg.max_new_tokens, speed_prompts=cfg.speed_prompts, speed_batch_size=cfg.speed_batch_size,
-            teacher_model=teacher, student_model=student, tokenizer=tokenizer,
+            trimmed_dir=trimmed, teacher_model=teacher, student_model=student, tokenizer=tokenizer,
         )  # fmt: skip
     return {**results, "train_loss": [{"step": h["step"], "loss": h["loss"]} for h in history]}
 

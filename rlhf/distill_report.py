@@ -12,9 +12,12 @@ on this machine, on the held-out prompts the student was not trained on:
   kept = mean sigmoid(r_student) / mean sigmoid(r_teacher). Raw rewards are unbounded and can be negative, so a
   ratio of raw means is meaningless; sigmoid(r) is the Bradley-Terry probability of beating a reward-0 answer;
 - output length (tokens, natural greedy answers);
-- `shortfalls`: plain sentences saying where the student falls short.
+- `shortfalls`: plain sentences saying where the student falls short;
+- with a vocabulary-trimmed copy of the student (rlhf/vocab_trim.py), `trimmed_vocab`: its size, speed, reward,
+  how often its greedy answer equals the untrimmed student's, and the share of held-out teacher tokens it can no
+  longer emit.
 
-    python -m rlhf.distill_report --student runs/distill [--teacher DIR] [--reward-model DIR]
+    python -m rlhf.distill_report --student runs/distill [--teacher DIR] [--reward-model DIR] [--trim-vocab]
 """
 
 from __future__ import annotations
@@ -36,24 +39,66 @@ def size_on_disk(model_dir: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin"))
 
 
-def _speed(teacher, student, tokenizer, prompts, max_new_tokens: int, batch_size: int = 1) -> tuple[float, float]:
+def _speed(
+    teacher, student, tokenizer, prompts, max_new_tokens: int, batch_size: int = 1, student_tokenizer=None
+) -> tuple[float, float]:
     """(teacher tokens/s, student tokens/s): greedy generation of exactly max_new_tokens tokens per prompt,
     `batch_size` prompts per call, the two models timed alternately so both see the same machine load."""
     from rlhf.distill import generate
 
     kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, batch_size=batch_size)
-    for m in (teacher, student):  # warm-up: first calls pay for allocation and kernel selection
-        generate(m, tokenizer, prompts[:batch_size], **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})
+    toks = {"teacher": tokenizer, "student": student_tokenizer or tokenizer}
+    for name, m in (("teacher", teacher), ("student", student)):  # warm-up: allocation, kernel selection
+        generate(m, toks[name], prompts[:batch_size], **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})
     elapsed = {"teacher": 0.0, "student": 0.0}
     tokens = {"teacher": 0, "student": 0}
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
         for name, m in (("teacher", teacher), ("student", student)):
             t0 = time.perf_counter()
-            out = generate(m, tokenizer, chunk, **kw)
+            out = generate(m, toks[name], chunk, **kw)
             elapsed[name] += time.perf_counter() - t0
             tokens[name] += sum(map(len, out))
     return tokens["teacher"] / elapsed["teacher"], tokens["student"] / elapsed["student"]
+
+
+def _trimmed(trimmed_dir, teacher_model, tokenizer, prompts, teacher_answers, *, texts_student, reward_model,
+             teacher_rewards, max_new_tokens, speed_prompts, speed_batch_size) -> dict[str, Any]:  # fmt: skip
+    """The vocabulary-trimmed student measured like the student, plus what trimming cost."""
+    from rlhf.distill import generate
+    from rlhf.models import load_causal_lm, load_tokenizer
+
+    info = json.loads((Path(trimmed_dir) / "vocab_trim.json").read_text())
+    kept = set(info["old_ids"])
+    model = load_causal_lm(str(trimmed_dir), dtype="float32").eval()
+    tok = load_tokenizer(str(trimmed_dir))
+    answers = tok.batch_decode(generate(model, tok, prompts, max_new_tokens=max_new_tokens, desc="trimmed answers"),
+                               skip_special_tokens=True)  # fmt: skip
+    sel = prompts[:speed_prompts]
+    t1, s1 = _speed(teacher_model, model, tokenizer, sel, max_new_tokens, 1, student_tokenizer=tok)
+    out: dict[str, Any] = {
+        "path": str(trimmed_dir),
+        "vocab_kept": len(kept),
+        "vocab_full": info["full"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "size_on_disk_mb": size_on_disk(trimmed_dir) / 2**20,
+        "speedup": s1 / t1,
+        "tokens_per_s": s1,
+        # Tokens the teacher emitted on held-out prompts that the trimmed student cannot emit at all.
+        "heldout_teacher_tokens_dropped": sum(t not in kept for a in teacher_answers for t in a)
+        / max(1, sum(map(len, teacher_answers))),
+        "same_answer_as_student": sum(a == b for a, b in zip(answers, texts_student)) / len(answers),
+        "mean_output_chars": sum(map(len, answers)) / len(answers),
+    }
+    if speed_batch_size > 1:
+        tb, sb = _speed(teacher_model, model, tokenizer, sel, max_new_tokens, speed_batch_size, student_tokenizer=tok)
+        out["speedup_batched"] = sb / tb
+    if reward_model:
+        r = _reward_scores(reward_model, prompts, answers)
+        mean = sum(1 / (1 + math.exp(-x)) for x in r) / len(r)
+        out["reward_mean"] = mean
+        out["score_kept"] = mean / teacher_rewards["teacher_mean"]
+    return out
 
 
 def _reward_scores(reward_model: str, prompts, responses: list[str]) -> list[float]:
@@ -95,6 +140,14 @@ def _shortfalls(r: dict[str, Any]) -> list[str]:
     ratio = r["output_length_ratio"]
     if not 0.8 <= ratio <= 1.25:
         out.append(f"Its answers are {ratio:.2f}x the teacher's length ({'longer' if ratio > 1 else 'shorter'}).")
+    tv = r.get("trimmed_vocab")
+    if tv:
+        out.append(
+            f"The vocabulary-trimmed student ({tv['speedup']:.2f}x at batch 1) can emit only {tv['vocab_kept']:,} of "
+            f"{tv['vocab_full']:,} tokens: {tv['heldout_teacher_tokens_dropped']:.1%} of the teacher's held-out "
+            f"tokens are out of its reach, and its greedy answer equals the untrimmed student's on "
+            f"{tv['same_answer_as_student']:.0%} of prompts."
+        )
     out.append(f"All figures come from {r['prompts']} held-out prompts: differences of a few points are noise.")
     return out
 
@@ -110,6 +163,7 @@ def build_report(
     max_new_tokens: int = 64,
     speed_prompts: int = 8,
     speed_batch_size: int = 8,
+    trimmed_dir: str | Path | None = None,
     teacher_model=None,
     student_model=None,
     tokenizer=None,
@@ -186,6 +240,12 @@ def build_report(
             "torch_threads": torch.get_num_threads(),
         },
     }
+    if trimmed_dir:
+        report["trimmed_vocab"] = _trimmed(
+            trimmed_dir, teacher_model, tokenizer, prompts, teacher_answers, texts_student=tokenizer.batch_decode(
+                student_answers, skip_special_tokens=True), reward_model=reward_model, teacher_rewards=reward,
+            max_new_tokens=max_new_tokens, speed_prompts=speed_prompts, speed_batch_size=speed_batch_size,
+        )  # fmt: skip
     report["shortfalls"] = _shortfalls(report)
     out_dir = Path(out_dir)
     (out_dir / "distill_report.json").write_text(json.dumps(report, indent=2))
@@ -208,20 +268,31 @@ def plot_report(report: dict[str, Any], path: str | Path) -> None:
         ("mean answer tokens", lambda s: s["mean_output_tokens"]),
     ]
     rw = report["reward"]
-    fig, axes = plt.subplots(1, 5, figsize=(16, 3.2))
+    tv = report.get("trimmed_vocab")
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.4))
     for ax, (title, get) in zip(axes, panels):
-        vals = [get(report["teacher"]), get(report["student"])]
-        ax.bar(["teacher", "student"], vals, color=["tab:blue", "tab:orange"])
+        names, vals = ["teacher", "student"], [get(report["teacher"]), get(report["student"])]
+        if tv and title != "mean answer tokens":  # the trimmed student counts its own (finer) tokens
+            names.append("student,\ntrimmed vocab")
+            vals.append(get(tv))
+        ax.bar(names, vals, color=["tab:blue", "tab:orange", "tab:green"][: len(vals)])
         ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
     ax = axes[-1]
     names = ["top-1 agreement"] + (["reward kept", "win rate"] if rw["model"] else [])
     vals = [report["top1_agreement"]] + ([rw["score_kept"], rw["student_win_rate"]] if rw["model"] else [])
+    if tv and "score_kept" in tv:
+        names.append("reward kept\n(trimmed)")
+        vals.append(tv["score_kept"])
     ax.bar(names, vals, color="tab:orange")
     ax.axhline(KEPT_TARGET, ls="--", c="grey", lw=0.8)
     ax.set_ylim(0, max(1.05, max(vals) * 1.1))
     ax.set_title("student vs teacher", fontsize=9)
-    ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(f"distillation: {report['speedup']:.2f}x faster, {report['parameter_ratio']:.0%} of the parameters")
+    ax.tick_params(axis="x", labelsize=7, labelrotation=20)
+    title = f"distillation: {report['speedup']:.2f}x faster, {report['parameter_ratio']:.0%} of the parameters"
+    if tv:
+        title += f"; with a trimmed vocabulary ({tv['vocab_kept']:,} tokens) {tv['speedup']:.2f}x"
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -235,16 +306,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--student", required=True, help="the distill run's output dir")
     p.add_argument("--teacher", help="teacher dir (default: the one recorded in the run's config.yaml)")
     p.add_argument("--reward-model", help="reward model dir")
+    p.add_argument("--trim-vocab", action="store_true", help="also trim the student's vocabulary and measure that")
+    p.add_argument("--trim-vocab-data", help="preference export whose conversations also count for --trim-vocab")
     args = p.parse_args(argv)
     import yaml
 
     cfg = DistillConfig(**yaml.safe_load((Path(args.student) / "config.yaml").read_text()))
     rows = [json.loads(x) for x in (Path(args.student) / "teacher_answers.jsonl").read_text().splitlines()]
     held = [r for r in rows if r["split"] == "eval"]
+    trimmed = None
+    if args.trim_vocab:
+        from rlhf.distill import trim_student
+
+        trimmed = trim_student(args.student, [r for r in rows if r["split"] == "train"], data=args.trim_vocab_data)
     build_report(
         args.teacher or cfg.teacher, args.student, [r["prompt"] for r in held], [r["answer_ids"] for r in held],
         out_dir=args.student, reward_model=args.reward_model or cfg.reward_model,
         max_new_tokens=cfg.max_new_tokens, speed_prompts=cfg.speed_prompts, speed_batch_size=cfg.speed_batch_size,
+        trimmed_dir=trimmed,
     )  # fmt: skip
     return 0
 

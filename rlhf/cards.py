@@ -144,9 +144,13 @@ def read_run(model_dir: str | Path) -> dict[str, Any]:
     run: dict[str, Any] = {"config": {}, "eval": None, "distill": None, "command": None}
     if (d / "config.yaml").exists():
         run["config"] = yaml.safe_load((d / "config.yaml").read_text()) or {}
+    # A vocabulary-trimmed student (distill --trim-vocab) lives inside its run directory: the report is the parent's.
+    run["trim"] = json.loads((d / "vocab_trim.json").read_text()) if (d / "vocab_trim.json").exists() else None
     for key, name in (("eval", "eval.json"), ("distill", "distill_report.json")):
-        if (d / name).exists():
-            run[key] = json.loads((d / name).read_text())
+        for where in (d, d.parent) if run["trim"] else (d,):
+            if (where / name).exists():
+                run[key] = json.loads((where / name).read_text())
+                break
     if (d / "README.md").exists():  # the run's own card (rlhf.common.write_model_card) tags the command
         from huggingface_hub import ModelCard
 
@@ -173,10 +177,26 @@ def base_model_id(name: str | None, seen: int = 0) -> str | None:
     return name if name.count("/") == 1 else None
 
 
-def _distill_section(rep: dict | None) -> str:
+def _distill_section(rep: dict | None, trimmed: bool = False) -> str:
     if not rep:
         return "This model was not distilled (no distill_report.json in the run directory)."
     rw = rep.get("reward", {})
+    tv = rep.get("trimmed_vocab") if trimmed else None
+    if trimmed and not tv:
+        return "A vocabulary-trimmed student whose run recorded no report card for the trimmed model."
+    if tv:
+        rows = {
+            "teacher / this model parameters": f"{rep['teacher']['parameters']:,} / {tv['parameters']:,}",
+            "teacher / this model layers": f"{rep['teacher']['layers']} / {rep['student']['layers']}",
+            "vocabulary kept": f"{tv['vocab_kept']:,} of {tv['vocab_full']:,} tokens",
+            "generation speed-up, batch 1 (same CPU, same prompts)": f"{tv['speedup']:.2f}x",
+            "greedy answer identical to the untrimmed student's": tv["same_answer_as_student"],
+            "teacher's held-out tokens this model cannot emit": tv["heldout_teacher_tokens_dropped"],
+            "reward score kept (mean sigmoid(reward), this model / teacher)": tv.get("score_kept"),
+            "top-1 next-token agreement of the untrimmed student with the teacher": rep["top1_agreement"],
+        }
+        where = "\n".join(f"- {s}" for s in rep.get("shortfalls", []))
+        return _table(rows) + f"\n\nWhere the students fall short (from the run's report card):\n\n{where}"
     rows = {
         "teacher / student parameters": f"{rep['teacher']['parameters']:,} / {rep['student']['parameters']:,}",
         "teacher / student layers": f"{rep['teacher']['layers']} / {rep['student']['layers']}",
@@ -209,6 +229,11 @@ def model_card(
     rep = run["distill"]
     if rep and not 0.8 <= rep["output_length_ratio"] <= 1.25:
         limits.append(f"Its answers are {rep['output_length_ratio']:.2f}x as long as its teacher's.")
+    if run.get("trim"):
+        limits.append(
+            f"Its vocabulary was trimmed to {run['trim']['kept']:,} of {run['trim']['full']:,} tokens (those its "
+            "training conversations use): it cannot emit the others, so text far from that domain reads worse."
+        )
     limits.append("Trained on a small preference set; it has not been evaluated for safety or factual accuracy.")
     hyper = _table({k: v for k, v in cfg.items() if not isinstance(v, dict | list)}, ("hyperparameter", "value"))
     return (
@@ -232,7 +257,7 @@ Read from the run's resolved `config.yaml` (included in this repository).
 
 ## Distillation
 
-{_distill_section(rep)}
+{_distill_section(rep, trimmed=bool(run.get("trim")))}
 
 ## Known limitations
 

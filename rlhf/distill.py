@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,6 +307,8 @@ def trim_student(
     where = Path(student_dir) / "trimmed-vocab"
     info = trim(model, tokenizer, texts, where)
     (where / "vocab_trim.json").write_text(json.dumps(info))
+    if (Path(student_dir) / "config.yaml").exists():  # the run's record travels with the model (Hub cards read it)
+        shutil.copy(Path(student_dir) / "config.yaml", where / "config.yaml")
     print(f"[distill] trimmed vocabulary: {info['kept']:,} of {info['full']:,} tokens kept -> {where}")
     return str(where)
 

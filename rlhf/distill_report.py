@@ -119,8 +119,9 @@ def _shortfalls(r: dict[str, Any]) -> list[str]:
     if r["speedup"] < SPEED_TARGET:
         batched = r.get("speedup_batched")
         also = f"; {batched:.2f}x at batch {r['speed_batch_size']}" if batched else ""
+        who = "Untrimmed, generating" if r.get("trimmed_vocab") else "Generating"
         out.append(
-            f"Generating one answer at a time it is only {r['speedup']:.2f}x the teacher's speed (target "
+            f"{who} one answer at a time it is only {r['speedup']:.2f}x the teacher's speed (target "
             f"{SPEED_TARGET}x{also})."
         )
     out.append(

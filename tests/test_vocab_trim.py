@@ -130,3 +130,15 @@ def test_distill_with_trim_vocab_reports_the_trimmed_student(bpe, tmp_path):
     assert tv["speedup"] > 0 and tv["speedup_batched"] > 0 and 0 <= tv["same_answer_as_student"] <= 1
     assert 0 <= tv["heldout_teacher_tokens_dropped"] < 1 and tv["score_kept"] > 0
     assert (out / "trimmed-vocab" / "model.safetensors").exists()
+    # Published, its card describes the trimmed model (read from the run it sits in), limitation included.
+    from huggingface_hub import ModelCard
+
+    from rlhf.hub import main_push
+
+    assert (
+        main_push(["--model-dir", str(out / "trimmed-vocab"), "--repo-id", "me/t", "--dry-run", str(tmp_path / "up")])
+        == 0
+    )
+    card = ModelCard.load(tmp_path / "up" / "README.md")
+    assert f"{tv['vocab_kept']:,} of {tv['vocab_full']:,} tokens" in card.text and "cannot emit" in card.text
+    assert "distill" in card.data.tags

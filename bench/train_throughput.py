@@ -59,10 +59,13 @@ def timer_callback():
     class Timer(TrainerCallback):
         def __init__(self):
             self.points: list[tuple[float, float]] = []
+            self.losses: list[float] = []
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "num_tokens" in logs:
                 self.points.append((time.perf_counter(), float(logs["num_tokens"])))
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
 
     return Timer()
 
@@ -101,6 +104,9 @@ def one(method: str, setting: str, args) -> dict:
     timer = timer_callback()
     t0 = time.perf_counter()
     if method == "reward":
+        from transformers import set_seed
+
+        set_seed(0)  # the score head is new: the same draw in every column, so their loss curves can be compared
         model = load_reward_model(args.model, tok)
         trainer = RewardTrainer(model=model, args=RewardConfig(**common), train_dataset=train, processing_class=tok)
         if s["packing"]:
@@ -143,6 +149,7 @@ def one(method: str, setting: str, args) -> dict:
         "params": params,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "peak_flops_source": where,
+        "losses": timer.losses,  # same data, same order in every column: the curves should coincide
     }
 
 
@@ -185,6 +192,9 @@ def main() -> int:
         base = by["trl"]["tokens_per_s"]
         ratios = [f"{k} / trl = {r['tokens_per_s'] / base:.2f}x" for k, r in by.items() if k != "trl"]
         print(f"{method}: " + ", ".join(ratios))
+        gaps = [max((abs(a - b) for a, b in zip(r["losses"], by["trl"]["losses"])), default=float("nan"))
+                for k, r in by.items() if k != "trl"]  # fmt: skip
+        print(f"{method}: largest per-step loss gap to the trl column: " + ", ".join(f"{g:.2e}" for g in gaps))
     return 0
 
 

@@ -62,8 +62,8 @@ def _speed(
     return tokens["teacher"] / elapsed["teacher"], tokens["student"] / elapsed["student"]
 
 
-def _trimmed(trimmed_dir, teacher_model, tokenizer, prompts, teacher_answers, *, texts_student, reward_model,
-             teacher_rewards, max_new_tokens, speed_prompts, speed_batch_size) -> dict[str, Any]:  # fmt: skip
+def _trimmed(trimmed_dir, teacher_model, tokenizer, prompts, teacher_answers, *, student_texts, reward_model,
+             teacher_score, max_new_tokens, speed_prompts, speed_batch_size) -> dict[str, Any]:  # fmt: skip
     """The vocabulary-trimmed student measured like the student, plus what trimming cost."""
     from rlhf.distill import generate
     from rlhf.models import load_causal_lm, load_tokenizer
@@ -87,7 +87,7 @@ def _trimmed(trimmed_dir, teacher_model, tokenizer, prompts, teacher_answers, *,
         # Tokens the teacher emitted on held-out prompts that the trimmed student cannot emit at all.
         "heldout_teacher_tokens_dropped": sum(t not in kept for a in teacher_answers for t in a)
         / max(1, sum(map(len, teacher_answers))),
-        "same_answer_as_student": sum(a == b for a, b in zip(answers, texts_student)) / len(answers),
+        "same_answer_as_student": sum(a == b for a, b in zip(answers, student_texts)) / len(answers),
         "mean_output_chars": sum(map(len, answers)) / len(answers),
     }
     if speed_batch_size > 1:
@@ -97,7 +97,7 @@ def _trimmed(trimmed_dir, teacher_model, tokenizer, prompts, teacher_answers, *,
         r = _reward_scores(reward_model, prompts, answers)
         mean = sum(1 / (1 + math.exp(-x)) for x in r) / len(r)
         out["reward_mean"] = mean
-        out["score_kept"] = mean / teacher_rewards["teacher_mean"]
+        out["score_kept"] = mean / teacher_score
     return out
 
 
@@ -204,11 +204,11 @@ def build_report(
             "mean_output_tokens": sum(map(len, answers)) / len(answers),
         }
     reward: dict[str, Any] = {"model": reward_model, "scale": "mean sigmoid(reward); win rate: ties count half"}
+    texts = {
+        n: tokenizer.batch_decode(a, skip_special_tokens=True)
+        for n, a in (("teacher", teacher_answers), ("student", student_answers))
+    }
     if reward_model:
-        texts = {
-            n: tokenizer.batch_decode(a, skip_special_tokens=True)
-            for n, a in (("teacher", teacher_answers), ("student", student_answers))
-        }
         r_t, r_s = (_reward_scores(reward_model, prompts, texts[n]) for n in ("teacher", "student"))
         sig = lambda xs: sum(1 / (1 + math.exp(-x)) for x in xs) / len(xs)  # noqa: E731
         reward.update(
@@ -243,9 +243,9 @@ def build_report(
     }
     if trimmed_dir:
         report["trimmed_vocab"] = _trimmed(
-            trimmed_dir, teacher_model, tokenizer, prompts, teacher_answers, texts_student=tokenizer.batch_decode(
-                student_answers, skip_special_tokens=True), reward_model=reward_model, teacher_rewards=reward,
-            max_new_tokens=max_new_tokens, speed_prompts=speed_prompts, speed_batch_size=speed_batch_size,
+            trimmed_dir, teacher_model, tokenizer, prompts, teacher_answers, student_texts=texts["student"],
+            reward_model=reward_model, teacher_score=reward.get("teacher_mean"), max_new_tokens=max_new_tokens,
+            speed_prompts=speed_prompts, speed_batch_size=speed_batch_size,
         )  # fmt: skip
     report["shortfalls"] = _shortfalls(report)
     out_dir = Path(out_dir)

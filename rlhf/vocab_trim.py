@@ -25,20 +25,21 @@ from typing import Any
 
 def byte_alphabet() -> set[str]:
     """The 256 printable stand-ins byte-level BPE uses for raw bytes (GPT-2's bytes_to_unicode)."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            n += 1
-    cs = [chr(c) for c in bs[:188]] + [chr(256 + i) for i in range(n)]
-    return set(cs)
+    from tokenizers import pre_tokenizers
+
+    return set(pre_tokenizers.ByteLevel.alphabet())
+
+
+def _pair(merge: list[str] | str) -> tuple[str, str]:
+    """A merge as (left, right): tokenizers writes them as ["a", "b"] now and as "a b" in older files."""
+    a, b = merge if isinstance(merge, list) else merge.split(" ", 1)
+    return a, b
 
 
 def _merge_parts(spec: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    parts = {}
+    parts: dict[str, tuple[str, str]] = {}
     for m in spec["model"]["merges"]:
-        a, b = m if isinstance(m, list) else m.split(" ", 1)
+        a, b = _pair(m)
         parts.setdefault(a + b, (a, b))
     return parts
 
@@ -76,12 +77,8 @@ def trim(model, tokenizer, texts: list[str], out_dir: str | Path) -> dict[str, A
     old_ids = sorted(id_of[t] for t in keep if t in id_of)
     new_id = {old: new for new, old in enumerate(old_ids)}
     spec["model"]["vocab"] = {t: new_id[i] for t, i in spec["model"]["vocab"].items() if i in new_id}
-    spec["model"]["merges"] = [
-        m
-        for m in spec["model"]["merges"]
-        if all(p in keep for p in (m if isinstance(m, list) else m.split(" ", 1)))
-        and "".join(m if isinstance(m, list) else m.split(" ", 1)) in keep
-    ]
+    # A merge survives when both its parts and its result are kept.
+    spec["model"]["merges"] = [m for m in spec["model"]["merges"] if {*_pair(m), "".join(_pair(m))} <= keep]
     for t in spec["added_tokens"]:
         t["id"] = new_id[t["id"]]
 

@@ -9,6 +9,7 @@ held-out accuracy.
 
 import json
 import random
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,24 +35,33 @@ def padded(rows: list[dict], p_chosen_longer: float, p_marked: float, rng: rando
     return out
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("debias")
+def write_confounded_set(root: Path) -> str:
+    """ROOT/data/prefs-{train,test}.parquet and a tiny model at ROOT/tiny (returned); bench/length_debias_seeds.py
+    reuses this, so its figures describe exactly this set."""
     rng = random.Random(0)
     rows = synthetic_arithmetic(n_prompts=100, wrong_per_prompt=4, seed=0)
     test_ids = {r["prompt_id"] for r in rows[-80:]}  # the last 20 prompts (4 pairs each)
     train_rows = padded([r for r in rows if r["prompt_id"] not in test_ids], 0.85, 0.75, rng)
     test_rows = padded([r for r in rows if r["prompt_id"] in test_ids], 0.5, 1.0, rng)
-    (root / "data").mkdir()
+    (root / "data").mkdir(parents=True, exist_ok=True)
     for name, part in (("train", train_rows), ("test", test_rows)):
         pq.write_table(pa.Table.from_pylist(part), root / f"data/prefs-{name}.parquet")
-    model = save_tiny_model(root / "tiny", arithmetic_tokenizer(), layers=1, hidden=32, heads=2)
+    return save_tiny_model(root / "tiny", arithmetic_tokenizer(), layers=1, hidden=32, heads=2)
+
+
+def train_argv(model: str, root: Path, mode: str, *extra: str) -> list[str]:
+    return ["reward", "--model", model, "--data", str(root / "data/prefs-train.parquet"), "--max-steps", "150",
+            "--output-dir", str(root / mode), "--learning-rate", "3e-3", "--per-device-train-batch-size", "16",
+            "--logging-steps", "50", "--length-debias", mode, *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("debias")
+    model = write_confounded_set(root)
     results = {}
     for mode in ("none", "resample", "joint"):
-        argv = ["reward", "--model", model, "--data", str(root / "data/prefs-train.parquet"), "--max-steps", "150",
-                "--output-dir", str(root / mode), "--learning-rate", "3e-3", "--per-device-train-batch-size", "16",
-                "--logging-steps", "50", "--length-debias", mode]  # fmt: skip
-        assert train.main(argv) == 0
+        assert train.main(train_argv(model, root, mode)) == 0
         results[mode] = json.loads((root / mode / "eval.json").read_text())
     return results
 

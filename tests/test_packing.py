@@ -46,11 +46,12 @@ def test_layout_round_trips_tokens_and_restarts_positions():
     assert lay.input_ids.numel() < ids.numel()  # fewer slots than the padded batch: the point of packing
 
 
-def _tiny_pair(cls_name: str):
+def _tiny(kind: str):
+    """A tiny Llama, causal LM ("lm") or one-output reward model ("rm"), seeded."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     torch.manual_seed(0)
-    if cls_name == "lm":
+    if kind == "lm":
         return AutoModelForCausalLM.from_config(tiny_config(50, pad_token_id=0))
     return AutoModelForSequenceClassification.from_config(tiny_config(50, pad_token_id=0, num_labels=1))
 
@@ -61,7 +62,7 @@ def test_packed_logprobs_and_gradients_match_the_padded_forward():
     ids, mask = right_padded([20, 7, 13, 3, 17, 11])
     labels = ids.masked_fill(mask == 0, -100)
     labels[:, :2] = -100  # a "prompt" the loss ignores
-    padded, packed = _tiny_pair("lm"), None
+    padded = _tiny("lm")
     packed = copy.deepcopy(padded)
     add_fused_lm_head(padded, outputs=FIELDS)
     add_fused_lm_head(packed)
@@ -79,7 +80,7 @@ def test_packed_logprobs_and_gradients_match_the_padded_forward():
 
 def test_packed_reward_logits_match_the_padded_forward():
     ids, mask = right_padded([20, 7, 13, 3, 17, 11])
-    padded = _tiny_pair("rm")
+    padded = _tiny("rm")
     packed = copy.deepcopy(padded)
     enable_packed_reward(packed, row_tokens=24)
     torch.testing.assert_close(packed(input_ids=ids, attention_mask=mask).logits,

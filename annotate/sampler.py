@@ -14,24 +14,36 @@ per annotator, which pairs they have seen, so that:
   response against itself: both feed the audit's position-bias flip rate and are visible in the data
   (same annotator + pair twice; response_a_id == response_b_id).
 
-State is rebuilt from the store's records at start-up, so a restart keeps counts. All public methods are
-thread-safe (Gradio runs handlers in threads). Strategies plug in through STRATEGIES; `active` (annotate.active)
-needs reward-model scores, so it is passed in as an instance.
+Cost: a serve, a vote and `progress()` do not grow with the pool. Open pairs sit in buckets by load (distinct
+judges + serves in flight) that are IndexedSets, so a strategy picks by rejection sampling (a few random draws
+that skip pairs the annotator has seen) and scans a bucket only when most of it is seen; per annotator the
+sampler keeps counts of seen pairs per bucket, seen open pairs, standing votes per UTC day and gold accuracy,
+updated as votes come and go (a pair that closes or reopens adjusts only the annotators who have seen it).
+
+State is rebuilt from the store's records at start-up in one pass, so a restart keeps counts; `apply()` takes
+records written by other app processes on the same store (idempotent by comparison_id; a retraction may come
+before the vote it retracts). All public methods are thread-safe (one RLock; Gradio runs handlers in threads).
+Strategies plug in through STRATEGIES; `active` (annotate.active) needs reward-model scores, so it is passed in
+as an instance.
 """
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
-from collections import defaultdict
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from annotate.active import ActiveStrategy
+from annotate.indexed_set import pick_unseen, pick_weighted
+from annotate.ledger import AnnotatorState, Ledger, day_number, other_side
 from annotate.pool import gold_pairs
 from annotate.schema import SchemaError
 
@@ -62,44 +74,47 @@ class Pair:
         return (self.a, self.b) if self.left == "a" else (self.b, self.a)
 
 
-@dataclass
-class _Vote:
-    annotator: str
-    pair: int
-    choice: str
-    day: date
-    gold_correct: bool | None  # None when not a gold pair or not an a/b decision
-    side: str | None = None  # the decision in canonical terms: "a", "b", "tie"; None for skips and both_bad
-
-
 class Strategy(Protocol):
-    """Picks a pair index among those `sampler.open_pairs(annotator)` offers (None when nothing is left)."""
+    """Picks an open pair (load < overlap) this annotator has not seen; None when there is none."""
 
     def choose(self, sampler: PairSampler, annotator: str, rng: random.Random) -> int | None: ...
 
 
 class UniformStrategy:
+    """Any open pair, uniformly: rejection sampling over all buckets, then bucket by unseen count."""
+
     def choose(self, sampler: PairSampler, annotator: str, rng: random.Random) -> int | None:
-        cands = sampler.open_pairs(annotator)
-        return rng.choice(cands) if cands else None
+        seen = sampler._seen_set(annotator)
+        buckets = [b.items for b in sampler._buckets]
+        i = pick_weighted(buckets, lambda x: x not in seen, rng)
+        if i is not None:
+            return i
+        unseen = sampler.unseen_per_bucket(annotator)
+        if not (total := sum(unseen)):
+            return None
+        r = rng.randrange(total)
+        for items, n in zip(buckets, unseen):
+            if r < n:
+                return pick_unseen(items, seen, rng)
+            r -= n
+        return None
 
 
 class BalancedStrategy:
     """Fewest judgments first: the lowest-load bucket that still has a pair this annotator has not seen."""
 
     def choose(self, sampler: PairSampler, annotator: str, rng: random.Random) -> int | None:
-        seen = sampler._seen[annotator]
-        for bucket in sampler._buckets:
-            cands = bucket - seen if seen else bucket
-            if cands:
-                return rng.choice(tuple(cands))
+        seen = sampler._seen_set(annotator)
+        for bucket, n in zip(sampler._buckets, sampler.unseen_per_bucket(annotator)):
+            if n:
+                return pick_unseen(bucket.items, seen, rng)
         return None
 
 
 STRATEGIES: dict[str, type] = {"uniform": UniformStrategy, "balanced": BalancedStrategy, "active": ActiveStrategy}
 
 
-class PairSampler:
+class PairSampler(Ledger):
     def __init__(
         self,
         pool: pa.Table,
@@ -122,39 +137,39 @@ class PairSampler:
                 raise ValueError(f"unknown strategy {strategy!r}; choose from {sorted(STRATEGIES)}")
             strategy = STRATEGIES[strategy]()
         self.strategy: Strategy = strategy
-        self.overlap, self.gold_share = overlap, gold_share
+        self.gold_share = gold_share
         self.repeat_rate, self.honeypot_rate = repeat_rate, honeypot_rate
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
-        self._build_pairs(pool)
-        # load = distinct judges + in-flight serves; _buckets[l] holds the open pairs with load l (< overlap).
-        self._judges: list[dict[str, int]] = [defaultdict(int) for _ in self.pairs]
-        self._inflight = [0] * len(self.pairs)
-        self._buckets: list[set[int]] = [set(range(len(self.pairs)))] + [set() for _ in range(overlap - 1)]
-        self._seen: dict[str, set[int]] = defaultdict(set)
-        self._pending: dict[str, int] = {}
-        self._votes: dict[str, _Vote] = {}
-        self._mine: dict[str, dict[str, _Vote]] = defaultdict(dict)  # annotator -> comparison_id -> vote
-        self._left_by: dict[tuple[str, int], str] = {}  # (annotator, pair) -> canonical side last shown left
-        self._tally: dict[int, dict[str, int]] = defaultdict(lambda: {"a": 0, "b": 0, "tie": 0})  # canonical votes
+        with _gc_paused():
+            self._build_pairs(pool)
+            Ledger.__init__(self, overlap)
         if votes is not None and votes.num_rows:
             self.load_votes(votes)
 
     # -- set-up --------------------------------------------------------------------------------------------
     def _build_pairs(self, pool: pa.Table) -> None:
-        self.gold = gold_pairs(pool)
-        by_prompt: dict[str, tuple[list, list[Candidate]]] = {}
-        for row in pool.select(["prompt_id", "prompt", "response_id", "response", "source", "meta"]).to_pylist():
-            prompt, cands = by_prompt.setdefault(row["prompt_id"], (row["prompt"], []))
-            cands.append(Candidate(row["response_id"], row["response"], row["source"]))
-        self.prompts = {pid: prompt for pid, (prompt, _) in by_prompt.items()}
-        self.candidates = {(pid, c.response_id): c for pid, (_, cs) in by_prompt.items() for c in cs}
+        meta = pool.column("meta")
+        # Parse every meta only when some may name a gold score (a JSON key could also be spelt with \u escapes).
+        maybe_gold = any(pc.any(pc.match_substring(meta, s)).as_py() for s in ("gold_score", "\\u"))
+        self.gold = gold_pairs(pool) if maybe_gold else {}
+        cols = [pool.column(c).to_pylist() for c in ("prompt_id", "response_id", "response", "source")]
+        by_prompt: dict[str, list[Candidate]] = {}
+        first: list[int] = []  # first row of each prompt: its prompt is read once
+        for k, (pid, rid, text, source) in enumerate(zip(*cols)):
+            if (cands := by_prompt.get(pid)) is None:
+                by_prompt[pid] = cands = []
+                first.append(k)
+            cands.append(Candidate(rid, text, source))
+        self.prompts = dict(zip(by_prompt, pool.column("prompt").take(first).to_pylist()))
+        self.candidates = {(pid, c.response_id): c for pid, cs in by_prompt.items() for c in cs}
         self.pairs: list[tuple[str, Candidate, Candidate, str | None]] = []
-        for pid, (_, cands) in by_prompt.items():
+        gold = self.gold
+        for pid, cands in by_prompt.items():
             cands = sorted(cands, key=lambda c: c.response_id)  # canonical a/b: stable across restarts
             for i, a in enumerate(cands):
                 for b in cands[i + 1 :]:
-                    winner = self.gold.get((pid, a.response_id, b.response_id))
+                    winner = gold.get((pid, a.response_id, b.response_id)) if gold else None
                     side = None if winner is None else ("a" if winner == a.response_id else "b")
                     self.pairs.append((pid, a, b, side))
         if not self.pairs:
@@ -162,119 +177,63 @@ class PairSampler:
         self._index = {(pid, a.response_id, b.response_id): i for i, (pid, a, b, _) in enumerate(self.pairs)}
         self.gold_pairs = [i for i, p in enumerate(self.pairs) if p[3] is not None]
 
-    def pair_index(self, prompt_id: str, response_a_id: str, response_b_id: str) -> int | None:
-        lo, hi = sorted((response_a_id, response_b_id))
-        return self._index.get((prompt_id, lo, hi))
-
     def load_votes(self, table: pa.Table) -> None:
-        """Replay a store's records (votes and retractions) so a restarted app continues where it stopped."""
-        cols = ["comparison_id", "prompt_id", "response_a_id", "response_b_id", "choice", "annotator"]
-        rows = table.select([*cols, "created_at", "retracts"]).to_pylist()
-        with self._lock:
-            for r in rows:
-                if r["retracts"] is None:
-                    self._add_vote(r)
-            for r in rows:
-                if r["retracts"] is not None:
-                    self._remove_vote(r["retracts"])
-
-    # -- bookkeeping (callers hold the lock) ---------------------------------------------------------------
-    def _load(self, i: int) -> int:
-        return len(self._judges[i]) + self._inflight[i]
-
-    def _move(self, i: int, old: int) -> None:
-        new = self._load(i)
-        if old < self.overlap:
-            self._buckets[old].discard(i)
-        if new < self.overlap:
-            self._buckets[new].add(i)
-
-    def _add_vote(self, rec: dict) -> None:
-        i = self.pair_index(rec["prompt_id"], rec["response_a_id"], rec["response_b_id"])
-        created = rec.get("created_at") or datetime.now(UTC)
-        gold_correct, side = None, None
-        if i is not None and rec["response_a_id"] != rec["response_b_id"]:
-            self._seen[rec["annotator"]].add(i)
-            if rec["choice"] != "skip":
-                old = self._load(i)
-                self._judges[i][rec["annotator"]] += 1
-                self._move(i, old)
-            if rec["choice"] in ("a", "b"):
-                # The record's a/b may be in either order; compare by response id.
-                chosen = rec["response_a_id"] if rec["choice"] == "a" else rec["response_b_id"]
-                side = "a" if chosen == self.pairs[i][1].response_id else "b"
-            elif rec["choice"] == "tie":
-                side = "tie"
-            if side is not None:
-                self._tally[i][side] += 1
-            gold = self.pairs[i][3]
-            if gold is not None and side in ("a", "b"):
-                gold_correct = side == gold
-        vote = _Vote(rec["annotator"], -1 if i is None else i, rec["choice"], created.date(), gold_correct, side)
-        self._votes[rec["comparison_id"]] = self._mine[rec["annotator"]][rec["comparison_id"]] = vote
-
-    def _remove_vote(self, comparison_id: str) -> None:
-        v = self._votes.pop(comparison_id, None)
-        if v is not None:
-            self._mine[v.annotator].pop(comparison_id, None)
-        if v is None or v.pair < 0 or v.choice == "skip":
-            return
-        if v.side is not None:
-            self._tally[v.pair][v.side] -= 1
-        judges = self._judges[v.pair]
-        if judges.get(v.annotator, 0) > 0:
-            old = self._load(v.pair)
-            judges[v.annotator] -= 1
-            if judges[v.annotator] == 0:
-                del judges[v.annotator]
-            self._move(v.pair, old)
-
-    def _release_pending(self, annotator: str) -> None:
-        i = self._pending.pop(annotator, None)
-        if i is not None:
-            old = self._load(i)
-            self._inflight[i] -= 1
-            self._move(i, old)
+        """Replay a store's records (votes and retractions), oldest first, so a restarted app continues where it
+        stopped. One pass; records already accounted for are skipped."""
+        cols = ["comparison_id", "prompt_id", "response_a_id", "response_b_id", "choice", "annotator", "left"]
+        micros = table.column("created_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        order = pc.sort_indices(micros)  # stable: equal times keep the store's order
+        data = [table.column(c).take(order).to_pylist() for c in cols]
+        data += [micros.take(order).to_pylist(), table.column("retracts").take(order).to_pylist()]
+        with self._lock, _gc_paused():
+            apply = self._apply_row
+            for row in zip(*data):
+                apply(*row)
 
     # -- public API ----------------------------------------------------------------------------------------
     def open_pairs(self, annotator: str) -> list[int]:
-        """Pairs still needing judgments that this annotator has not seen (for strategies)."""
-        seen = self._seen[annotator]
-        return [i for bucket in self._buckets for i in bucket if i not in seen]
+        """Pairs still needing judgments that this annotator has not seen. O(pool): the strategies here do not
+        use it; it is for callers that want the whole list."""
+        with self._lock:
+            seen = self._seen_set(annotator)
+            return [i for bucket in self._buckets for i in bucket if i not in seen]
+
+    def unseen_per_bucket(self, annotator: str) -> list[int]:
+        """For each load 0 .. overlap-1: how many open pairs of that load this annotator has not seen (O(overlap))."""
+        with self._lock:
+            ann = self._ann.get(annotator)
+            seen = ann.counts[2:] if ann is not None else [0] * self.overlap
+            return [len(b) - s for b, s in zip(self._buckets, seen)]
 
     def is_open(self, annotator: str, i: int) -> bool:
         """Pair i still needs judgments and this annotator has not seen it (for strategies)."""
-        return self._load(i) < self.overlap and i not in self._seen[annotator]
+        return self._load(i) < self.overlap and i not in self._seen_set(annotator)
 
     def voted_pairs(self) -> list[int]:
         """Pairs holding at least one a/b/tie vote (for strategies that weigh votes already cast)."""
-        return [i for i, t in self._tally.items() if any(t.values())]
+        with self._lock:
+            return [i for i, t in self._tally.items() if any(t.values())]
 
     def next_pair(self, annotator: str) -> Pair | None:
         """The next pair to show `annotator`, or None when nothing is left for them."""
         with self._lock:
-            self._release_pending(annotator)
+            ann = self._annotator(annotator)
+            self._release_pending(ann)
             roll = self._rng.random()
             if roll < self.honeypot_rate:
                 return self._honeypot()
             roll -= self.honeypot_rate
-            if roll < self.repeat_rate and (pair := self._repeat(annotator)) is not None:
+            if roll < self.repeat_rate and (pair := self._repeat(ann)) is not None:
                 return pair
             roll -= self.repeat_rate
             i, kind = None, "normal"
-            if roll < self.gold_share:
-                unseen = [g for g in self.gold_pairs if g not in self._seen[annotator]]
-                if unseen:
-                    i, kind = self._rng.choice(unseen), "gold"
+            if roll < self.gold_share and ann.counts[1] < len(self.gold_pairs):  # an unseen gold pair exists
+                i, kind = pick_unseen(self.gold_pairs, ann.seen, self._rng), "gold"
             if i is None:
                 i = self.strategy.choose(self, annotator, self._rng)
             if i is None:
                 return None
-            self._seen[annotator].add(i)
-            old = self._load(i)
-            self._inflight[i] += 1
-            self._move(i, old)
-            self._pending[annotator] = i
+            self._serve(ann, i)
             return self._make(i, self._rng.choice("ab"), kind)
 
     def _make(self, i: int, left: str, kind: str) -> Pair:
@@ -282,67 +241,113 @@ class PairSampler:
         kind = "gold" if gold is not None and kind == "normal" else kind
         return Pair(i, pid, self.prompts[pid], a, b, left, kind, gold)
 
-    def _repeat(self, annotator: str) -> Pair | None:
+    def _repeat(self, ann: AnnotatorState) -> Pair | None:
         """A pair this annotator decided before, shown with the sides swapped relative to their last view."""
-        last = {}
-        for v in self._mine[annotator].values():
-            if v.pair >= 0 and v.choice in ("a", "b", "tie"):
-                last[v.pair] = v
-        if not last:
+        if not ann.decided:
             return None
-        i = self._rng.choice(sorted(last))
-        left = self._left_by.get((annotator, i), self._rng.choice("ab"))
-        return self._make(i, "b" if left == "a" else "a", "repeat")
+        i = ann.decided.choice(self._rng)
+        left = ann.left_by.get(i) or self._rng.choice("ab")
+        return self._make(i, other_side(left), "repeat")
 
     def _honeypot(self) -> Pair:
         pid, a, _, _ = self.pairs[self._rng.randrange(len(self.pairs))]
         return Pair(-1, pid, self.prompts[pid], a, a, "a", "honeypot")
 
-    def record(self, rec: dict) -> None:
-        """Account for a comparison record once the store holds it (vote or retraction)."""
+    def record(self, rec: dict) -> bool:
+        """Account for a comparison record once the store holds it (vote or retraction); a vote on the pair this
+        annotator has in flight ends that serve. False if its id was accounted for already (the serve still ends)."""
         with self._lock:
-            if rec.get("retracts"):
-                self._remove_vote(rec["retracts"])
-                return
-            self._add_vote(rec)
-            i = self._votes[rec["comparison_id"]].pair
-            if i >= 0:
-                self._left_by[(rec["annotator"], i)] = (
-                    rec["left"] if rec["response_a_id"] == self.pairs[i][1].response_id else _other(rec["left"])
-                )
-            if self._pending.get(rec["annotator"]) == i:
-                self._release_pending(rec["annotator"])
+            applied = self._apply(rec)
+            ann = self._ann.get(rec["annotator"])
+            if not rec.get("retracts") and ann is not None and ann.pending is not None:
+                if ann.pending == self.pair_index(rec["prompt_id"], rec["response_a_id"], rec["response_b_id"]):
+                    self._release_pending(ann)  # even when a store tail applied it first
+            return applied
+
+    def apply(self, rec: dict) -> bool:
+        """Account for a record written by another process (or replayed): idempotent by comparison_id, so it
+        returns False and changes nothing if that vote or retraction was already accounted for."""
+        with self._lock:
+            return self._apply(rec)
 
     def hold(self, annotator: str, pair: Pair) -> None:
-        """Mark a pair as being shown again (after an undo) so it counts as in flight."""
+        """Mark a pair as being shown again (after an undo) so it counts as in flight. The annotator's previous
+        in-flight pair is released; if it was shown but never judged (here or elsewhere) it becomes unseen."""
         with self._lock:
-            dropped = self._pending.get(annotator)
-            self._release_pending(annotator)
-            if dropped is not None and dropped != pair.index:
-                self._seen[annotator].discard(dropped)  # shown but never judged: it may come back
-            if pair.index >= 0 and pair.kind not in ("repeat", "honeypot"):
-                old = self._load(pair.index)
-                self._inflight[pair.index] += 1
-                self._move(pair.index, old)
-                self._pending[annotator] = pair.index
+            self._hold(self._annotator(annotator), pair.index, pair.kind)
+
+    def reopen(self, annotator: str, i: int, left: str) -> Pair:
+        """Serve pair i to `annotator` again with `left` on the left (kind normal or gold), counted as in flight
+        and releasing their previous in-flight pair as hold() does."""
+        if not 0 <= i < len(self.pairs) or left not in ("a", "b"):
+            raise ValueError(f"reopen: no pair {i} with left {left!r}")
+        with self._lock:
+            pair = self._make(i, left, "normal")
+            self._hold(self._annotator(annotator), pair.index, pair.kind)
+            return pair
+
+    def mark_seen(self, annotator: str, i: int) -> None:
+        """Another process served pair i to `annotator`: never serve it to them here (i < 0, a honeypot: no-op)."""
+        if i < 0:
+            return
+        with self._lock:
+            ann = self._annotator(annotator)
+            self._see(ann, i)
+            if ann.pending == i:
+                ann.pending_clean = False
+
+    def remote_serve(self, annotator: str, i: int) -> None:
+        """Another process showed pair i to `annotator`: seen here too, and in flight until their vote on it or their
+        next serve arrives, so that `overlap` counts serves in every process (i < 0, a honeypot: no-op)."""
+        if i < 0:
+            return
+        with self._lock:
+            ann = self._annotator(annotator)
+            if ann.pending == i or i in ann.standing:
+                self._see(ann, i)
+                return
+            self._release_pending(ann)
+            self._serve(ann, i)
+            ann.pending_clean = False  # another process's serve: never "shown here but unjudged"
+
+    def standing_vote(self, annotator: str, i: int) -> str | None:
+        """comparison_id of the annotator's most recent standing (not retracted, not skip) vote on pair i."""
+        with self._lock:
+            votes = ann.standing.get(i) if (ann := self._ann.get(annotator)) is not None else None
+            return votes[-1] if votes else None
+
+    def recent(self, annotator: str, n: int = 20) -> list[dict]:
+        """The annotator's `n` most recent standing records (skips included), newest first: comparison_id,
+        pair (-1 for honeypots), choice and left in canonical terms, created_at. "Recent" is the order this
+        process accounted for them in (start-up replays the store oldest first)."""
+        with self._lock:
+            ann = self._ann.get(annotator)
+            out: list[dict] = []
+            for v in reversed(ann.votes.values()) if ann is not None else ():
+                if len(out) >= n:
+                    break
+                out.append(
+                    {"comparison_id": v.cid, "pair": v.pair, "choice": v.choice, "left": v.left,
+                     "created_at": v.created_at}
+                )  # fmt: skip
+            return out
 
     def progress(self, annotator: str, today: date | None = None) -> dict:
         """done_today, done (all time), left (pairs open to this annotator), needed, gold accuracy."""
         today = today or datetime.now(UTC).date()
         with self._lock:
-            mine = list(self._mine[annotator].values())
-            gold = [v.gold_correct for v in mine if v.gold_correct is not None]
-            seen = self._seen[annotator]
-            left = sum(1 for i, j in enumerate(self._judges) if len(j) < self.overlap and i not in seen)
-            needed = sum(max(0, self.overlap - len(j)) for j in self._judges)
-        return {
-            "done_today": sum(1 for v in mine if v.day == today),
-            "done": len(mine),
-            "left": left,
-            "needed": needed,
-            "gold_n": len(gold),
-            "gold_accuracy": (sum(gold) / len(gold)) if gold else None,
-        }
+            ann = self._ann.get(annotator)
+            if ann is None:
+                return {"done_today": 0, "done": 0, "left": self._open, "needed": self._needed, "gold_n": 0,
+                        "gold_accuracy": None}  # fmt: skip
+            return {
+                "done_today": ann.days.get(day_number(today), 0),
+                "done": len(ann.votes),
+                "left": self._open - ann.counts[0],
+                "needed": self._needed,
+                "gold_n": ann.gold_n,
+                "gold_accuracy": (ann.gold_right / ann.gold_n) if ann.gold_n else None,
+            }
 
     def tally(self, i: int) -> dict[str, int]:
         """Votes cast on pair i in canonical terms: {"a": n, "b": n, "tie": n} (retractions removed)."""
@@ -352,9 +357,17 @@ class PairSampler:
     def judgments(self, pairs: Iterable[int] | None = None) -> list[int]:
         """Distinct annotators who judged each pair (skips excluded)."""
         with self._lock:
-            idx = range(len(self.pairs)) if pairs is None else pairs
-            return [len(self._judges[i]) for i in idx]
+            return list(self._judges) if pairs is None else [self._judges[i] for i in pairs]
 
 
-def _other(side: str) -> str:
-    return "b" if side == "a" else "a"
+@contextmanager
+def _gc_paused():
+    """Set-up makes hundreds of thousands of small objects and no cycles: without this the cyclic GC would rescan
+    them all again and again meanwhile (a third of the start-up time on a 200,000-pair pool)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -15,6 +15,7 @@ was never acknowledged (the fsync had not returned), and readers drop it.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import json
 import os
@@ -317,3 +318,98 @@ def effective_table(table: pa.Table) -> pa.Table:
 def effective_votes(table: pa.Table) -> pd.DataFrame:
     """Votes that stand: retraction records and the votes they retract are both removed."""
     return effective_table(table).to_pandas()
+
+
+class StoreTail:
+    """The records that appear in a local store since the last `poll()`, read incrementally (several app processes
+    on one store use it to see each other's votes).
+
+    Per WAL segment it remembers the byte offset after the last complete line and reads only the bytes past it (a
+    torn trailing line waits until its newline arrives). A Parquet part is read once: first only its
+    `comparison_id` column, then only the row groups holding ids not returned before (a sealed segment or a
+    compaction output holds records already returned). A file that vanishes before it is read was sealed or
+    compacted; its records come back through the part that replaced it. No comparison_id is returned twice.
+    Records come as dicts like a segment line: `created_at` a datetime, `criteria` a dict.
+
+    A record is returned once it is in its segment file, which can be just before its writer's fsync returns.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, from_now: bool = False):
+        """`from_now`: what the store holds already counts as returned (for a caller that replayed the store)."""
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._offsets: dict[str, int] = {}  # segment name -> bytes consumed (complete lines)
+        self._parts: set[str] = set()  # part names already read
+        self._ids: set[str] = set()  # comparison_ids returned (or skipped by from_now)
+        if from_now:
+            self.poll()
+
+    def poll(self) -> list[dict]:
+        """Records that appeared since the previous poll (all current ones on the first, unless from_now)."""
+        with self._lock:
+            out: list[dict] = []
+            # Segments before parts: a segment sealed after it was listed is found as a part.
+            segments = sorted((self.root / "wal").glob("seg-*.jsonl"))
+            self._offsets = {s.name: self._offsets.get(s.name, 0) for s in segments}
+            for seg in segments:
+                out += self._read_segment(seg)
+            parts = sorted(self.root.glob("part-*.parquet"))
+            self._parts &= {p.name for p in parts}  # names are unique: a removed part never comes back
+            for part in parts:
+                if part.name not in self._parts:
+                    out += self._read_part(part)
+            return out
+
+    def _new(self, rec: dict) -> bool:
+        cid = rec["comparison_id"]
+        if cid in self._ids:
+            return False
+        self._ids.add(cid)
+        return True
+
+    def _read_segment(self, path: Path) -> list[dict]:
+        start = self._offsets[path.name]
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+        except FileNotFoundError:
+            del self._offsets[path.name]  # sealed meanwhile
+            return []
+        end = data.rfind(b"\n") + 1  # past the last complete line; what follows is torn (for now)
+        records = []
+        for k, line in enumerate(data[:end].decode("utf-8", errors="replace").split("\n")[:-1]):
+            try:
+                records.append(_from_json_line(line))
+            except (json.JSONDecodeError, KeyError, ValueError) as e:
+                raise SchemaError(f"{path}: record {k + 1} after byte {start}: corrupt ({e})") from None
+        self._offsets[path.name] = start + end
+        return [r for r in records if self._new(r)]
+
+    def _read_part(self, path: Path) -> list[dict]:
+        try:
+            f = open(path, "rb")  # once open, the file stays readable even if a compaction deletes it
+        except FileNotFoundError:
+            return []
+        with f:
+            pf = pq.ParquetFile(f)
+            ids = pf.read(columns=["comparison_id"]).column(0).to_pylist()
+            fresh = [k for k, cid in enumerate(ids) if cid not in self._ids]
+            starts = [0]  # first row of each row group, then the row count
+            for g in range(pf.num_row_groups):
+                starts.append(starts[-1] + pf.metadata.row_group(g).num_rows)
+            by_group: dict[int, list[int]] = {}
+            for k in fresh:
+                by_group.setdefault(bisect.bisect_right(starts, k) - 1, []).append(k)
+            take, base = [], 0  # row positions within the row groups read
+            for g in by_group:  # ascending: `fresh` is
+                take += [base + k - starts[g] for k in by_group[g]]
+                base += starts[g + 1] - starts[g]
+            rows = pf.read_row_groups(list(by_group)).take(take).to_pylist() if by_group else []
+        self._parts.add(path.name)
+        out = []
+        for rec in rows:
+            rec["criteria"] = dict(rec.get("criteria") or [])
+            if self._new(rec):
+                out.append(rec)
+        return out

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import fsspec
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from annotate.schema import new_comparison
-from annotate.store import ComparisonStore, read_table, write_parquet_atomic
+from annotate.store import ComparisonStore, StoreTail, read_table, write_parquet_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -211,3 +212,115 @@ def test_idle_writer_seals_into_parquet_and_compacts(tmp_path):
     assert sorted(plain.column("comparison_id").to_pylist()) == sorted(ids)
     assert sorted(read_table(str(tmp_path / "s")).column("comparison_id").to_pylist()) == sorted(ids)
     store.close()
+
+
+# -- StoreTail: other processes' records, incrementally ------------------------------------------------------
+def tail_ids(tail: StoreTail) -> list[str]:
+    return [r["comparison_id"] for r in tail.poll()]
+
+
+def test_tail_returns_each_new_record_once_through_seal_and_compaction(tmp_path):
+    mine = ComparisonStore(tmp_path)
+    before = mine.append_many([record(i) for i in range(3)])
+    tail = StoreTail(tmp_path)
+    first = tail.poll()
+    assert sorted(r["comparison_id"] for r in first) == sorted(before)  # the first poll returns what is there
+    assert all(isinstance(r["created_at"], datetime) and isinstance(r["criteria"], dict) for r in first)
+    assert tail.poll() == []
+    other = ComparisonStore(tmp_path)  # a second writer: its own segment
+    new = other.append_many([record(10 + i, criteria={"correct": "a"}) for i in range(4)])
+    got = tail.poll()
+    assert [r["comparison_id"] for r in got] == new
+    assert got[0]["criteria"] == {"correct": "a"} and got[0]["created_at"].tzinfo is not None
+    other.close()  # its segment becomes a part: records already returned
+    assert tail.poll() == []
+    ComparisonStore(tmp_path).compact()
+    assert tail.poll() == []
+    late = mine.append(record(20))
+    assert tail_ids(tail) == [late]
+    mine.close()
+    ComparisonStore(tmp_path).compact()
+    assert tail.poll() == []
+    # A new tail reads the compacted store from Parquet, with the same records as the first one returned.
+    again = StoreTail(tmp_path).poll()
+    assert sorted(r["comparison_id"] for r in again) == sorted(before + new + [late])
+    assert {r["comparison_id"]: r["criteria"] for r in again}[new[0]] == {"correct": "a"}
+    assert StoreTail(tmp_path, from_now=True).poll() == []
+
+
+def test_tail_waits_for_a_torn_line_to_complete(tmp_path):
+    ComparisonStore(tmp_path)  # creates the layout
+    donor = ComparisonStore(tmp_path / "donor")
+    ids = [donor.append(record(i)) for i in range(2)]
+    lines = next((tmp_path / "donor" / "wal").glob("*.jsonl")).read_bytes().splitlines(keepends=True)
+    seg = tmp_path / "wal" / "seg-manual.jsonl"
+    tail = StoreTail(tmp_path)
+    seg.write_bytes(lines[0] + lines[1][:25])
+    assert tail_ids(tail) == [ids[0]]  # the torn line is not returned
+    assert tail.poll() == []
+    with open(seg, "ab") as f:
+        f.write(lines[1][25:-1])  # all but the newline: still not complete
+    assert tail.poll() == []
+    with open(seg, "ab") as f:
+        f.write(b"\n")
+    assert tail_ids(tail) == [ids[1]]
+    assert tail.poll() == []
+
+
+def test_tail_interleaved_with_appends_seals_and_compactions_returns_each_record_once(tmp_path):
+    rng = random.Random(1)
+    writers = [ComparisonStore(tmp_path, seal_every=rng.choice([3, 5, 8])) for _ in range(3)]
+    tail = StoreTail(tmp_path)
+    written, returned = [], []
+    for step in range(300):
+        w = rng.choice(writers)
+        written += w.append_many([record(step * 10 + k) for k in range(rng.randint(1, 3))])
+        if rng.random() < 0.4:
+            returned += tail_ids(tail)
+        if rng.random() < 0.05:
+            ComparisonStore(tmp_path).compact()
+        if rng.random() < 0.02:
+            w.close()  # seals; the next append opens a new segment
+    returned += tail_ids(tail)
+    assert len(returned) == len(set(returned)) and sorted(returned) == sorted(written)
+    for w in writers:
+        w.close()
+    ComparisonStore(tmp_path).compact()
+    assert tail.poll() == []
+
+
+def test_tail_polling_while_a_writer_thread_appends(tmp_path):
+    store = ComparisonStore(tmp_path, seal_every=7)
+    tail = StoreTail(tmp_path, from_now=True)
+    written: list[str] = []
+
+    def write() -> None:
+        for i in range(400):
+            written.append(store.append(record(i)))
+            if i % 97 == 0:
+                ComparisonStore(tmp_path).compact()
+
+    t = threading.Thread(target=write)
+    t.start()
+    returned: list[str] = []
+    while t.is_alive():
+        returned += tail_ids(tail)
+    t.join()
+    returned += tail_ids(tail)
+    assert len(returned) == len(set(returned)) and sorted(returned) == sorted(written)
+
+
+def test_tail_returns_only_unseen_rows_of_a_part_with_many_row_groups(tmp_path):
+    store = ComparisonStore(tmp_path)
+    old = store.append_many([record(i) for i in range(5)])
+    tail = StoreTail(tmp_path)
+    assert sorted(tail_ids(tail)) == sorted(old)
+    table = read_table(str(tmp_path))
+    store.close()
+    fresh = [record(100 + i) for i in range(7)]
+    rows = [{**r, "criteria": list(r["criteria"].items())} for r in fresh]
+    mixed = pa.concat_tables([table, pa.Table.from_pylist(rows, schema=table.schema)])
+    mixed = mixed.take([0, 1, 2, 5, 6, 3, 4, 7, 8, 9, 10, 11])  # row group 0 (3 rows) holds only old records
+    pq.write_table(mixed, tmp_path / "part-mixed.parquet", row_group_size=3)
+    assert tail_ids(tail) == [fresh[k]["comparison_id"] for k in (0, 1, 2, 3, 4, 5, 6)]
+    assert tail.poll() == []

@@ -20,6 +20,7 @@ COMMANDS = {
     "compact": ("annotate.stats", "merge a store's small files into one, atomically"),
     "generate": ("annotate.generate", "sample candidate responses from a model into a pool"),
     "add-user": ("annotate.users", "add or update an annotator in a users file"),
+    "remove-user": ("annotate.users", "remove an annotator from a users file (ends their sessions)"),
     "audit": ("annotate.audit_cli", "agreement, position and length bias report"),
     "push": ("rlhf.hub", "publish a store to the Hugging Face Hub as a dataset"),
 }

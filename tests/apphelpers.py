@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -43,6 +45,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def login_cookies(url: str, user: str, password: str) -> dict[str, str]:
+    """Log in through the app's POST /login (as gradio_client does); the session cookie(s) it sets.
+
+    Raises urllib.error.HTTPError on a refused login (400 wrong credentials, 429 throttled).
+    """
+    data = urllib.parse.urlencode({"username": user, "password": password}).encode()
+    with urllib.request.urlopen(urllib.request.Request(url + "/login", data=data), timeout=60) as r:
+        pairs = (h.split(";", 1)[0].partition("=") for h in r.headers.get_all("Set-Cookie") or [])
+        return {k.strip(): v.strip() for k, _, v in pairs}
+
+
 class Server:
     def __init__(self, pool: Path, store: Path, *extra: str, log: Path | None = None):
         self.port = free_port()
@@ -52,9 +65,14 @@ class Server:
         self.log = open(log or store.parent / f"server-{self.port}.log", "w")
         env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        atexit.register(self._reap)  # a test failing before it stops its server must not leave it running
         self._wait()
 
-    def _wait(self, timeout: float = 60) -> None:
+    def _reap(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    def _wait(self, timeout: float = 120) -> None:  # generous: tests share a busy 2-core machine
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -63,7 +81,7 @@ class Server:
                 urllib.request.urlopen(self.url + "/config", timeout=2)
                 return
             except urllib.error.HTTPError:
-                return  # up, but behind a login
+                return  # up, but behind a login (401) or redirecting to it
             except OSError:
                 time.sleep(0.2)
         raise TimeoutError(f"server not up after {timeout} s")

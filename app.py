@@ -1,14 +1,21 @@
 """Serve the annotation app: `python app.py [--pool POOL] [--store DIR] [--users FILE] ...`.
 
-With no arguments it serves the bundled demo pool (datasets/demo/pool.jsonl), keeps votes in ./votes/ and
-prints the URL. Thin on purpose: parse options, build the store, sampler and UI, launch.
+With no arguments it serves the bundled demo pool (datasets/demo/pool.jsonl) on 127.0.0.1, keeps votes in ./votes/
+and prints the URL. Thin on purpose: parse options, build the store, sampler and UI, serve them with uvicorn behind
+annotate.web's login (--users), with sessions of --session-hours.
+
+Without --users anyone who can reach the port annotates under any name, so a non-loopback --host needs
+--insecure-no-login; the admin tabs (Export, Dashboard) are then shown only with --demo-admin.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import ipaddress
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -24,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to serve the network)")
     p.add_argument("--port", type=int, default=7860, help="port")
     p.add_argument("--users", help="users file (python -m annotate add-user); turns on login")
+    p.add_argument("--session-hours", type=float, default=12.0, help="with --users: a login lasts this long")
+    p.add_argument(
+        "--insecure-no-login", action="store_true",
+        help="serve a non-loopback --host without --users (anyone reaching the port can vote as anyone)",
+    )  # fmt: skip
+    p.add_argument("--demo-admin", action="store_true", help="without --users: show the Export and Dashboard tabs")
     p.add_argument("--strategy", default="balanced", help="pair sampling: uniform | balanced | active")
     p.add_argument("--reward-model", help="reward model directory ranking pairs for --strategy active (required)")
     p.add_argument(
@@ -46,15 +59,29 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --strategy active and --reward-model DIR go together (active ranks pairs by the reward "
               "model's uncertainty; other strategies use no model)", file=sys.stderr)  # fmt: skip
         return 2
+    if not args.session_hours > 0:
+        print("error: --session-hours must be positive", file=sys.stderr)
+        return 2
+    if not args.users and not _is_loopback(args.host):
+        if not args.insecure_no_login:
+            print(f"error: --host {args.host} serves the network, but without --users there is no login: anyone who "
+                  "reaches the port could vote under any name and see every vote. Give --users FILE (create it with "
+                  "`python -m annotate add-user`), or --insecure-no-login to serve it open anyway.",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        print(f"WARNING: serving {args.host} WITHOUT LOGIN (--insecure-no-login): anyone who can reach port "
+              f"{args.port} can annotate under any name.", file=sys.stderr, flush=True)  # fmt: skip
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls home
     # Gradio rebuilds a pandas summary of recent events after every event by default; under load that costs
     # more CPU than the vote itself.
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
     from annotate.pool import read_pool
+    from annotate.replicas import ReplicaFollower
     from annotate.sampler import PairSampler
     from annotate.store import ComparisonStore
     from annotate.ui import CSS, AppConfig, build_app
     from annotate.users import Authenticator
+    from annotate.web import ExportRegistry, build_web_app, end_streams
 
     try:
         store = ComparisonStore(args.store, seal_idle_s=5.0)  # votes reach Parquet parts 5 s after a lull
@@ -66,26 +93,75 @@ def main(argv: list[str] | None = None) -> int:
             pool, strategy=strategy, overlap=args.overlap, gold_share=args.gold_share,
             repeat_rate=args.repeat_rate, honeypot_rate=args.honeypot_rate, seed=args.seed, votes=store.read(),
         )  # fmt: skip
-        auth = Authenticator(args.users) if args.users else None
+        auth = Authenticator(args.users, session_hours=args.session_hours) if args.users else None
     except (SchemaError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    config = AppConfig(auth=auth)
+    # Other app processes on this store (replicas, failover): their votes and serves reach this sampler too.
+    follower = ReplicaFollower(args.store, sampler).start()
+    gc.freeze()  # the pool's start-up objects live for good: later collections need not rescan them
+    exports = ExportRegistry()  # snapshots for the admin who asked, at an unguessable URL, once
+    config = AppConfig(
+        auth=auth, admin_without_login=args.demo_admin, publish_export=exports.publish, replicas=follower
+    )
     if args.guidelines:
         config.guidelines = Path(args.guidelines).read_text(encoding="utf-8")
-    app = build_app(config, store, sampler)
-    app.queue(default_concurrency_limit=args.concurrency)
-    print(f"pool {args.pool}: {len(sampler.pairs)} pairs; votes in {Path(args.store).resolve()}", flush=True)
-    print(f"serving at http://{args.host}:{args.port}", flush=True)
-    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C, so the store is sealed below
+    blocks = build_app(config, store, sampler)
+    blocks.queue(default_concurrency_limit=args.concurrency)
+    web = build_web_app(blocks, auth, exports, css=CSS, title=config.title)
     try:
-        app.launch(
-            server_name=args.host, server_port=args.port, auth=auth, css=CSS, show_error=True, quiet=True,
-            auth_message="Log in with the name and password your admin gave you.",
-        )  # fmt: skip
+        sock = _bind(args.host, args.port)
+    except OSError as e:
+        print(f"error: cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
+        store.close()
+        return 2
+    print(f"pool {args.pool}: {len(sampler.pairs)} pairs; votes in {Path(args.store).resolve()}", flush=True)
+    # Printed once the socket listens: connections made from now on wait in its backlog until the app takes them,
+    # so nothing depends on a start-up self-check.
+    print(f"serving at http://{args.host}:{args.port}", flush=True)
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            end_streams(web)  # browsers' heartbeat streams would hold the graceful stop until its timeout
+            await super().shutdown(sockets=sockets)
+
+    server = Server(uvicorn.Config(web, log_level="warning", timeout_graceful_shutdown=5))
+    try:
+        # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler it found: this one
+        # (and Python's for SIGINT) turn that into a KeyboardInterrupt caught here, so the store is closed below.
+        signal.signal(signal.SIGTERM, _interrupt)
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
     finally:
+        follower.close()
         store.close()  # votes are durable already; this only folds the write-ahead segment into Parquet
+        exports.close()
+        sock.close()
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (IPv4 or IPv6, as the address says)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]  # fmt: skip
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart right away over TIME_WAIT
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _active_strategy(pool, model_dir: str, refresh_s: float):

@@ -3,7 +3,8 @@
 Columns: prompt (messages), chosen / rejected (one assistant message each), margin, prompt_id, n_votes, agreement,
 chosen_id, rejected_id, chosen_source, rejected_source (`--raw` adds annotator, comparison_id, strength).
 
-Aggregation: ties, both_bad, skips, retractions and the votes they retract are dropped. The remaining votes on
+Aggregation: ties, both_bad, skips, retractions and the votes they retract are dropped, and so is every vote on
+a pair flagged as broken, offensive or a duplicate. The remaining votes on
 one pair (same prompt_id and unordered pair of response ids) are summed with weight = strength (1 slight,
 2 clear, 3 much; 1 when not given). The side with the larger weighted sum wins; a zero sum is "no majority" and
 the pair is dropped (counted). agreement = share of votes for the winner; margin = (weighted votes for the
@@ -24,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from annotate.schema import MESSAGES, SchemaError
+from annotate.schema import MESSAGES, PAIR_FLAGS, SchemaError
 
 TEXT_COLUMNS = ["prompt", "chosen", "rejected"]
 
@@ -49,15 +50,27 @@ def _one_message(text: pa.Array) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, values, type=MESSAGES)
 
 
+def _pair_key(table: pa.Table) -> pa.Array:
+    """prompt_id + the unordered pair of response ids, as one string per row (vectorised)."""
+    a, b = table.column("response_a_id"), table.column("response_b_id")
+    lo, hi = pc.min_element_wise(a, b), pc.max_element_wise(a, b)
+    return pc.binary_join_element_wise(table.column("prompt_id"), lo, hi, "\x1f")
+
+
 def usable_votes(table: pa.Table) -> pa.Table:
-    """Standing a/b votes between two different responses (ties, skips, retractions removed)."""
+    """Standing a/b votes between two different responses (ties, skips, retractions removed), and none on a pair
+    that someone flagged as broken, offensive or a duplicate: such a pair is not fit to train on."""
     from annotate.store import effective_table
 
     table = effective_table(table)
+    flags = table.column("flag")
+    flagged = table.filter(pc.fill_null(pc.is_in(flags, value_set=pa.array(PAIR_FLAGS)), False))
     keep = pc.and_(
         pc.is_in(table.column("choice"), value_set=pa.array(["a", "b"])),
         pc.not_equal(table.column("response_a_id"), table.column("response_b_id")),
     )
+    if flagged.num_rows:
+        keep = pc.and_(keep, pc.invert(pc.is_in(_pair_key(table), value_set=_pair_key(flagged))))
     return table.filter(keep)
 
 

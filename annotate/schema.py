@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from annotate import __version__
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `flag` (a pair reported as broken, offensive, duplicate or not judgeable)
 
 CHOICES = ("a", "b", "tie", "both_bad", "skip")
 SIDES = ("a", "b")
@@ -23,6 +23,13 @@ CRITERION_PICKS = ("a", "b", "tie")
 CRITERIA = ("correct", "helpful", "harmless", "concise")
 STRENGTHS = {1: "slight", 2: "clear", 3: "much"}
 ROLES = ("system", "user", "assistant", "tool")
+# Why an annotator flagged a pair. Flags are skips that say why; `cannot_judge` is personal (the annotator lacks the
+# expertise), the others describe the pair itself, so export drops every vote on a pair flagged that way.
+FLAGS = ("broken", "offensive", "duplicate", "cannot_judge")
+PAIR_FLAGS = ("broken", "offensive", "duplicate")
+# Longest text accepted in one pool field (a response or a prompt turn): larger ones are almost always a broken
+# generation or a pasted file, and a multi-megabyte response would stall every annotator's page.
+MAX_POOL_TEXT = 100_000
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
@@ -60,6 +67,7 @@ COMPARISON_SCHEMA = pa.schema(
         ("created_at", pa.timestamp("us", tz="UTC")),
         ("decision_ms", pa.int64()),
         ("retracts", pa.string()),  # undo is a new record pointing at the one it cancels
+        ("flag", pa.string()),  # null, or one of FLAGS (the record is then a skip)
         ("schema_version", pa.int16()),
         ("app_version", pa.string()),
     ],
@@ -80,7 +88,12 @@ def _require_text(rec: dict, field: str, *, allow_empty: bool = False) -> str:
     return value
 
 
-def check_messages(value: Any, field: str = "prompt") -> list[dict[str, str]]:
+def _check_size(value: str, field: str, limit: int | None) -> None:
+    if limit is not None and len(value) > limit:
+        raise SchemaError(f"field '{field}': {len(value):,} characters, over the limit of {limit:,}")
+
+
+def check_messages(value: Any, field: str = "prompt", max_chars: int | None = None) -> list[dict[str, str]]:
     """Validate a conversation: a non-empty list of {role, content} with known roles and non-empty content."""
     if not isinstance(value, list) or not value:
         raise SchemaError(f"field '{field}': expected a non-empty list of messages, got {type(value).__name__}")
@@ -93,23 +106,28 @@ def check_messages(value: Any, field: str = "prompt") -> list[dict[str, str]]:
             raise SchemaError(f"field '{field}[{i}].role': unknown role {role!r}")
         if not isinstance(content, str) or not content.strip():
             raise SchemaError(f"field '{field}[{i}].content': empty or not text")
+        _check_size(content, f"{field}[{i}].content", max_chars)
         out.append({"role": role, "content": content})
     return out
 
 
-def as_messages(prompt: str | list) -> list[dict[str, str]]:
+def as_messages(prompt: str | list, max_chars: int | None = None) -> list[dict[str, str]]:
     """A plain-string prompt becomes a single user turn; a message list is checked and kept."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise SchemaError("field 'prompt': empty text")
+        _check_size(prompt, "prompt", max_chars)
         return [{"role": "user", "content": prompt}]
-    return check_messages(prompt)
+    return check_messages(prompt, max_chars=max_chars)
 
 
-def check_pool_row(rec: dict) -> dict:
-    """Validate and normalise one candidate-pool row."""
-    out = {f: _require_text(rec, f) for f in ("prompt_id", "response_id", "response", "source")}
-    out["prompt"] = as_messages(rec.get("prompt"))
+def check_pool_row(rec: dict, max_chars: int | None = MAX_POOL_TEXT) -> dict:
+    """Validate and normalise one candidate-pool row. An empty or whitespace-only response is a legitimate (bad)
+    candidate: the app shows it as "(empty response)" rather than refusing the pool."""
+    out = {f: _require_text(rec, f) for f in ("prompt_id", "response_id", "source")}
+    out["response"] = _require_text(rec, "response", allow_empty=True)
+    _check_size(out["response"], "response", max_chars)
+    out["prompt"] = as_messages(rec.get("prompt"), max_chars)
     meta = rec.get("meta") or "{}"
     if not isinstance(meta, str):
         meta = json.dumps(meta, sort_keys=True)
@@ -151,6 +169,9 @@ def check_comparison(rec: dict) -> dict:
         raise SchemaError("field 'created_at': expected a datetime")
     if rec.get("retracts") is not None and not isinstance(rec["retracts"], str):
         raise SchemaError("field 'retracts': expected a comparison_id or null")
+    flag = rec.get("flag")
+    if flag is not None and (flag not in FLAGS or rec["choice"] != "skip"):
+        raise SchemaError(f"field 'flag': must be null or one of {FLAGS} on a skip, got {flag!r}")
     return rec
 
 
@@ -173,6 +194,7 @@ def new_comparison(
     session: str = "",
     decision_ms: int | None = None,
     retracts: str | None = None,
+    flag: str | None = None,
     created_at: datetime | None = None,
     comparison_id: str | None = None,
 ) -> dict:
@@ -197,6 +219,7 @@ def new_comparison(
         "created_at": created_at or datetime.now(UTC),
         "decision_ms": decision_ms,
         "retracts": retracts,
+        "flag": flag,
         "schema_version": SCHEMA_VERSION,
         "app_version": __version__,
     }

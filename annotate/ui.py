@@ -1,17 +1,34 @@
 """The annotation screen in Gradio. It translates events and nothing more: logic lives in annotate.session.
 
 `build_app(config, store, sampler)` returns a gr.Blocks. Per-tab state is a SessionState in gr.State; every
-handler returns a {component: gr.update(...)} dict. The events `next_pair`, `vote` and `undo` carry api_names,
-so gradio_client annotates through the same code path (and the same login) as the browser.
+handler returns a {component: gr.update(...)} dict. The events `next_pair`, `vote`, `flag`, `undo` and `reopen`
+carry api_names, so gradio_client annotates through the same code path (and the same login) as the browser.
+Everything shown that came from a pool, a store or a user is HTML made by annotate.render (gr.HTML, never
+gr.Markdown, whose client-side renderer is a second, different path).
 """
 
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
+from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# At module level on purpose: Gradio passes gr.Request only to handlers whose annotation it can resolve.
+import gradio as gr
+
+from annotate.render import RENDER_CSS, render_inline, render_markdown
+from annotate.replicas import ReplicaFollower
 from annotate.sampler import PairSampler
-from annotate.schema import CRITERIA
-from annotate.session import DEFAULT_GUIDELINES, AnnotationService, SessionState, View, VoteError, dashboard_view
+from annotate.schema import CRITERIA, FLAGS
+from annotate.session import (
+    DEFAULT_GUIDELINES,
+    MAX_RATIONALE,
+    AnnotationService,
+    SessionState,
+    View,
+    VoteError,
+    check_name,
+    dashboard_view,
+)
 from annotate.store import ComparisonStore
 from annotate.users import Authenticator
 
@@ -19,118 +36,195 @@ assert CRITERIA == ("correct", "helpful", "harmless", "concise"), "on_vote names
 
 BUTTONS = (("a", "A is better", "1"), ("b", "B is better", "2"), ("tie", "Tie", "3"),
            ("both_bad", "Both bad", "4"), ("skip", "Skip", "5"))  # fmt: skip
-# Clicks the button whose elem_id matches the key, unless the annotator is typing in a text field.
+FLAG_BUTTONS = (("broken", "Broken", "b"), ("offensive", "Offensive", "o"), ("duplicate", "Duplicate", "d"),
+                ("cannot_judge", "Cannot judge", "n"))  # fmt: skip
+assert tuple(f for f, _, _ in FLAG_BUTTONS) == FLAGS
+STRENGTH_KEYS = (("slight", "q"), ("clear", "w"), ("much", "e"))
+CRITERION_KEYS = dict(zip(CRITERIA, "zxcv"))
+# Keyboard: a key for every control. Listened to in the capture phase, so no element of the page can swallow it;
+# ignored only while typing in a text field (Escape leaves it). Radios are clicked, not focused, so a click on
+# one never stops the number keys.
 SHORTCUTS_JS = """
 () => {
-  const keys = {"1": "vote-a", "2": "vote-b", "3": "vote-tie", "4": "vote-both_bad", "5": "vote-skip", "u": "undo"};
-  document.addEventListener("keydown", (e) => {
-    const t = e.target;
-    const typing = t && (t.isContentEditable || /INPUT|TEXTAREA|SELECT/.test(t.tagName));
-    if (e.ctrlKey || e.metaKey || e.altKey || typing) return;
-    const id = keys[e.key];
-    const el = id && (document.querySelector("#" + id + " button") || document.getElementById(id));
-    if (el) { e.preventDefault(); el.click(); }
-  });
+  const buttons = {"1": "vote-a", "2": "vote-b", "3": "vote-tie", "4": "vote-both_bad", "5": "vote-skip",
+                   "u": "undo", "b": "flag-broken", "o": "flag-offensive", "d": "flag-duplicate",
+                   "n": "flag-cannot_judge", "r": "history-open"};
+  const strength = {"q": "slight", "w": "clear", "e": "much"};
+  const cycles = {"z": "crit-correct", "x": "crit-helpful", "c": "crit-harmless", "v": "crit-concise",
+                  "h": "history"};
+  const typing = (t) => t && (t.isContentEditable || t.tagName === "TEXTAREA" || t.tagName === "SELECT" ||
+    (t.tagName === "INPUT" && !/^(radio|checkbox|button|submit|range)$/i.test(t.type)));
+  const radios = (id) => Array.from(document.querySelectorAll("#" + id + " input[type=radio]"));
+  const press = (el) => { if (el) { el.click(); if (el.blur) el.blur(); return true; } return false; };
+  window.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") { if (document.activeElement) document.activeElement.blur(); return; }
+    if (e.ctrlKey || e.metaKey || e.altKey || typing(e.target)) return;
+    let done = false;
+    if (buttons[e.key]) {
+      const id = buttons[e.key];
+      done = press(document.querySelector("#" + id + " button") || document.getElementById(id));
+    } else if (strength[e.key]) {
+      done = press(radios("strength").find((r) => r.value === strength[e.key]));
+    } else if (cycles[e.key]) {
+      const rs = radios(cycles[e.key]);
+      if (rs.length) done = press(rs[(rs.findIndex((r) => r.checked) + 1) % rs.length]);
+    }
+    if (done) { e.preventDefault(); e.stopPropagation(); }
+  }, true);
 }
 """
-CSS = """
-.response { padding: 4px 0; }
-.prompt { background: var(--background-fill-secondary); border-radius: 8px; padding: 12px 16px; }
-#vote-row button { min-height: 48px; }
+# In demo mode each browser keeps its own anonymous annotator id (localStorage), unless the annotator types a name.
+ANON_JS = """
+(name, st) => {
+  let id = localStorage.getItem("prefkit-annotator");
+  if (!id) { id = "anon-" + Math.random().toString(16).slice(2, 10); localStorage.setItem("prefkit-annotator", id); }
+  return [name || id, st];
+}
 """
+REMEMBER_NAME_JS = "(name, st) => { if (name) localStorage.setItem('prefkit-annotator', name); return [name, st]; }"
+CSS = (
+    RENDER_CSS
+    + """
+#vote-row button { min-height: 48px; }
+#progress-bar { width: 100%; height: 8px; margin-top: 4px; }
+#message .saved { color: var(--color-accent); font-weight: 600; }
+#message .refused { color: #b91c1c; font-weight: 600; }
+.prompt { background: var(--background-fill-secondary); border-radius: 8px; padding: 12px 16px; }
+"""
+)
 # After a vote, the optional fields go back to their defaults so nothing carries over to the next pair.
 RESET_JS = "() => ['clear', '', " + ", ".join(["'-'"] * 4) + "]"
 PICKS = [("A", "a"), ("B", "b"), ("Same", "tie"), ("no pick", "-")]
-KEY_HINT = "Keys: **1** A better · **2** B better · **3** tie · **4** both bad · **5** skip · **u** undo"
+KEY_HINT = (
+    "Keys: <b>1</b> A better · <b>2</b> B better · <b>3</b> tie · <b>4</b> both bad · <b>5</b> skip · "
+    "<b>q/w/e</b> slight/clear/much · <b>z x c v</b> cycle correct/helpful/harmless/concise · "
+    "<b>b o d n</b> flag broken/offensive/duplicate/cannot judge · <b>u</b> undo · "
+    "<b>h</b> next history entry, <b>r</b> change it · <b>Esc</b> leave a text box"
+)
 
 
 @dataclass
 class AppConfig:
     title: str = "Which response is better?"
     guidelines: str = DEFAULT_GUIDELINES
-    auth: Authenticator | None = None  # None: single-user demo mode (the local user is admin)
-    default_annotator: str = "demo"
-    export_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "prefkit-exports")
+    auth: Authenticator | None = None  # None: demo mode (no login; each browser is its own anonymous annotator)
+    admin_without_login: bool = False  # demo mode shows the Export and Dashboard tabs only when asked
+    max_rationale: int = MAX_RATIONALE
+    # (admin user, table) -> URL of a private, short-lived download (annotate.web.ExportRegistry.publish)
+    publish_export: Callable | None = None
+    replicas: ReplicaFollower | None = None  # several app processes on one store (annotate.replicas)
 
 
-def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -> "gr.Blocks":  # noqa: F821
-    import gradio as gr
+def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -> gr.Blocks:
+    service = AnnotationService(store, sampler, max_rationale=config.max_rationale, replicas=config.replicas)
 
-    service = AnnotationService(store, sampler)
-
-    def who(name: str | None, request: gr.Request | None) -> str:
+    def who(name: str | None, st: SessionState, request: gr.Request | None) -> str:
         """With login, the name is the logged-in user's and nothing the client sends can change it."""
         if config.auth is not None:
             user = getattr(request, "username", None)
             if not user:
                 raise gr.Error("not logged in")
             return user
-        return (name or "").strip() or config.default_annotator
+        name = (name or "").strip()
+        if not name:
+            return st.owner or f"anon-{st.session_id[:8]}"
+        try:
+            return check_name(name)
+        except VoteError as e:
+            raise gr.Error(f"Your name: {e}") from None
 
     def is_admin(request: gr.Request | None) -> bool:
-        return config.auth is None or config.auth.is_admin(getattr(request, "username", None))
+        if config.auth is None:
+            return config.admin_without_login
+        return config.auth.is_admin(getattr(request, "username", None))
 
     with gr.Blocks(title=config.title, fill_width=False) as app:
         state = gr.State(None)  # a SessionState, made on the first event of each tab
-        gr.Markdown(f"## {config.title}")
+        gr.HTML(f"<h2>{render_inline(config.title)}</h2>")
         with gr.Row(equal_height=True):
-            progress = gr.Markdown(elem_id="progress")
+            progress = gr.HTML(elem_id="progress")
             name = gr.Textbox(
-                value=config.default_annotator, label="Your name", scale=0, min_width=180,
-                visible=config.auth is None, elem_id="annotator",
+                value="", label="Your name (optional)", scale=0, min_width=180, visible=config.auth is None,
+                elem_id="annotator", max_length=64,
             )  # fmt: skip
-        message = gr.Markdown(elem_id="message")
+            if config.auth is not None:
+                gr.HTML('<a href="/logout" id="logout">Log out</a>', elem_id="logout-box")
+        message = gr.HTML(elem_id="message")
         with gr.Tabs():
             with gr.Tab("Annotate"):
-                prompt = gr.Markdown(elem_classes="prompt", elem_id="prompt", label="Prompt")
+                with gr.Accordion("Guidelines", open=False, elem_id="guidelines-panel"):
+                    gr.HTML(render_markdown(config.guidelines))
+                prompt = gr.HTML(elem_classes="prompt", elem_id="prompt")
                 with gr.Row(equal_height=False):
-                    with gr.Column():
-                        gr.Markdown("#### Response A")
-                        left = gr.Markdown(elem_classes="response", elem_id="response-a", max_height=560)
-                    with gr.Column():
-                        gr.Markdown("#### Response B")
-                        right = gr.Markdown(elem_classes="response", elem_id="response-b", max_height=560)
+                    left = gr.HTML(elem_id="response-a")
+                    right = gr.HTML(elem_id="response-b")
+                strength = gr.Radio(
+                    [s for s, _ in STRENGTH_KEYS], value="clear", elem_id="strength",
+                    label="How much better?  [q] slight · [w] clear · [e] much (set before voting A or B)",
+                )  # fmt: skip
                 with gr.Row(elem_id="vote-row"):
                     buttons = {c: gr.Button(f"{label}  [{key}]", elem_id=f"vote-{c}", variant="secondary")
                                for c, label, key in BUTTONS}  # fmt: skip
-                with gr.Row():
-                    strength = gr.Radio(["slight", "clear", "much"], value="clear", label="How much better?")
-                    undo = gr.Button("Undo last  [u]", elem_id="undo", size="sm", scale=0)
-                with gr.Accordion("Details (optional): per-criterion picks and rationale", open=False):
+                with gr.Accordion("Details (optional): per-criterion picks and rationale", open=True):
                     with gr.Row():
-                        crit = [gr.Radio(PICKS, value="-", label=f"More {c}") for c in CRITERIA]
-                    rationale = gr.Textbox(value="", label="Rationale", lines=2, placeholder="Why? (optional)")
-                gr.Markdown(KEY_HINT, elem_id="key-hint")
+                        crit = [gr.Radio(PICKS, value="-", label=f"More {c}  [{CRITERION_KEYS[c]}]",
+                                         elem_id=f"crit-{c}") for c in CRITERIA]  # fmt: skip
+                    rationale = gr.Textbox(
+                        value="", label=f"Rationale (up to {config.max_rationale:,} characters)", lines=2,
+                        placeholder="Why? (optional; Esc to leave the box)", max_length=config.max_rationale,
+                        elem_id="rationale",
+                    )  # fmt: skip
+                with gr.Row():
+                    flags = {f: gr.Button(f"Flag: {label}  [{key}]", elem_id=f"flag-{f}", size="sm")
+                             for f, label, key in FLAG_BUTTONS}  # fmt: skip
+                    undo = gr.Button("Undo last  [u]", elem_id="undo", size="sm")
+                with gr.Accordion("History: your recent votes (change one: [h] select, [r] change)", open=True):
+                    history = gr.Radio([], label="Recent votes, newest first", elem_id="history")
+                    reopen = gr.Button("Change the selected vote  [r]", elem_id="history-open", size="sm")
+                gr.HTML(KEY_HINT, elem_id="key-hint")
                 token = gr.Textbox(value="", visible=False)  # guards against votes from a stale page
                 choice = gr.Textbox(visible=False)  # API callers send the choice here
+                flag_reason = gr.Textbox(visible=False)  # ... and the flag reason here
             with gr.Tab("Guidelines"):
-                gr.Markdown(config.guidelines)
+                gr.HTML(render_markdown(config.guidelines))
             with gr.Tab("Export", visible=False) as export_tab:
-                gr.Markdown("A raw snapshot of every record (retractions included). For training data use "
-                            "`python -m annotate export --store DIR --out prefs.parquet`.")  # fmt: skip
+                gr.HTML("<p>A raw snapshot of every record (retractions included), as a private link that works "
+                        "once, for you, for 10 minutes. For training data use <code>python -m annotate export "
+                        "--store DIR --out prefs.parquet</code>.</p>")  # fmt: skip
                 export_btn = gr.Button("Write snapshot")
-                export_file = gr.File(label="Snapshot", interactive=False)
+                export_link = gr.HTML(elem_id="export-link")
             with gr.Tab("Dashboard", visible=False) as dash_tab:
                 refresh = gr.Button("Refresh")
-                findings = gr.Markdown(elem_id="findings")
-                by_annotator = gr.Dataframe(label="Annotators", interactive=False)
+                findings = gr.HTML(elem_id="findings")
+                by_annotator = gr.HTML(elem_id="annotators")
                 with gr.Row():
                     plots = {k: gr.Plot(label=k.capitalize()) for k in ("position", "length")}
                 with gr.Row():
                     plots.update({k: gr.Plot(label=k.capitalize()) for k in ("annotators", "ranking")})
-
-        pair_outputs = [prompt, left, right, progress, message, token]
 
         def render(view: View, st: SessionState) -> dict:
             # Every output must be set: Gradio turns an omitted one into an empty update that rebuilds the
             # component per session, the main server cost under load. Resets of the optional fields happen in
             # the browser instead (RESET_JS below), so a vote sends only what changes with the pair.
             return {prompt: view.prompt, left: view.left, right: view.right, progress: view.progress,
-                    message: view.message, token: view.token, state: st}  # fmt: skip
+                    message: view.message, token: view.token, history: gr.update(choices=view.history, value=None),
+                    state: st}  # fmt: skip
+
+        def act(fn, st: SessionState | None, *args):
+            """Run one service action; refusals become a visible error and store nothing."""
+            st = st or SessionState()
+            try:
+                return render(fn(st, *args), st)
+            except VoteError as e:
+                raise gr.Error(str(e)) from None
 
         def on_next(name: str, st: SessionState | None, request: gr.Request):
             st = st or SessionState()
-            return render(service.next_pair(st, who(name, request)), st)
+            return act(service.next_pair, st, who(name, st, request))
+
+        def on_rename(name: str, st: SessionState | None, request: gr.Request):
+            st = SessionState()  # a new name is a new session: a session never changes hands
+            return act(service.next_pair, st, who(name, st, request))
 
         def on_vote(
             choice: str, strength: str | None, correct: str | None, helpful: str | None, harmless: str | None,
@@ -138,15 +232,22 @@ def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -
         ):  # fmt: skip
             st = st or SessionState()
             picks = dict(zip(CRITERIA, (correct, helpful, harmless, concise)))
-            try:
-                view = service.vote(st, who(name, request), choice, strength, picks, rationale, token)
-            except VoteError as e:
-                raise gr.Error(str(e)) from None
-            return render(view, st)  # store.append has returned: the vote is durable
+            # store.append has returned when this does: the vote is durable
+            return act(service.vote, st, who(name, st, request), choice, strength, picks, rationale, token)
+
+        def on_flag(reason: str, token: str, name: str, st: SessionState | None, request: gr.Request):
+            st = st or SessionState()
+            return act(service.flag, st, who(name, st, request), reason, token)
 
         def on_undo(name: str, st: SessionState | None, request: gr.Request):
             st = st or SessionState()
-            return render(service.undo(st, who(name, request)), st)
+            return act(service.undo, st, who(name, st, request))
+
+        def on_reopen(comparison_id: str | None, name: str, st: SessionState | None, request: gr.Request):
+            st = st or SessionState()
+            if not comparison_id:
+                raise gr.Error("select a vote in History first ([h])")
+            return act(service.reopen, st, who(name, st, request), comparison_id)
 
         def on_admin_load(request: gr.Request):
             admin = is_admin(request)
@@ -155,12 +256,11 @@ def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -
         def on_export(request: gr.Request):
             if not is_admin(request):
                 raise gr.Error("only admins can export")
-            import pyarrow.parquet as pq
-
-            config.export_dir.mkdir(parents=True, exist_ok=True)
-            path = config.export_dir / "comparisons-snapshot.parquet"
-            pq.write_table(store.read(), path)
-            return {export_file: gr.update(value=str(path))}
+            if config.publish_export is None:
+                raise gr.Error("exports are not available in this server")
+            url = config.publish_export(getattr(request, "username", None) or "", store.read())
+            return {export_link: f'<a href="{render_inline(url)}" download id="export-download">Download the '
+                                 "snapshot (Parquet; works once, for 10 minutes)</a>"}  # fmt: skip
 
         def on_dashboard(request: gr.Request):
             if not is_admin(request):
@@ -171,11 +271,11 @@ def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -
             return upd
 
         vote_inputs = [strength, *crit, rationale, token, name, state]  # after the choice, in on_vote's order
-        all_out = [*pair_outputs, state]
-        app.load(on_next, [name, state], all_out, api_name="next_pair")
+        all_out = [prompt, left, right, progress, message, token, history, state]
+        app.load(on_next, [name, state], all_out, api_name="next_pair", js=ANON_JS if config.auth is None else None)
         app.load(on_admin_load, None, [export_tab, dash_tab], api_visibility="private")
         app.load(None, js=SHORTCUTS_JS)
-        name.submit(on_next, [name, state], all_out, api_visibility="private")
+        name.submit(on_rename, [name, state], all_out, api_visibility="private", js=REMEMBER_NAME_JS)
         # One handler for every button: the browser buttons bind the choice, API callers pass it.
         optional = [strength, rationale, *crit]
         for c, btn in buttons.items():
@@ -183,8 +283,13 @@ def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -
             voted.success(None, None, optional, js=RESET_JS)  # runs in the browser only
         api_vote = gr.Button(visible=False)
         api_vote.click(on_vote, [choice, *vote_inputs], all_out, api_name="vote")
+        for f, btn in flags.items():
+            btn.click(on_flag, [gr.State(f), token, name, state], all_out, api_visibility="private")
+        api_flag = gr.Button(visible=False)
+        api_flag.click(on_flag, [flag_reason, token, name, state], all_out, api_name="flag")
         undo.click(on_undo, [name, state], all_out, api_name="undo")
-        export_btn.click(on_export, None, [export_file], api_visibility="private")
+        reopen.click(on_reopen, [history, name, state], all_out, api_name="reopen")
+        export_btn.click(on_export, None, [export_link], api_visibility="private")
         dash_out = [findings, by_annotator, *plots.values()]
         refresh.click(on_dashboard, None, dash_out, api_visibility="private")
         dash_tab.select(on_dashboard, None, dash_out, api_visibility="private")

@@ -20,9 +20,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the test helper that starts app.py on a free port
+PAIRS_PER_PROMPT = 6  # 4 candidates per prompt: C(4, 2) pairs
 
 
-def synthetic_pool(path: Path, n_prompts: int) -> Path:
+def synthetic_pool(path: Path, n_prompts: int | None = None, *, pool_size: int | None = None) -> Path:
+    """A JSONL pool of n_prompts x 4 candidates (6 pairs each); with pool_size, ceil(pool_size / 6) prompts."""
+    if pool_size is not None:
+        n_prompts = -(-pool_size // PAIRS_PER_PROMPT)
     rows = [
         {"prompt_id": f"p{p}", "prompt": [{"role": "user", "content": f"Question {p}?"}], "response_id": f"r{r}",
          "response": f"Answer {r} to question {p}. " * (1 + r), "source": f"model{r}", "meta": "{}"}
@@ -41,13 +45,13 @@ def annotator(url: str, name: str, stop: threading.Event, lat: list[float], acke
     # One shared SSL context: otherwise httpx builds a new one (loading the CA bundle, ~16 ms of CPU) for every
     # request, and the clients, not the server, become what the benchmark measures.
     c = Client(url, verbose=False, download_files=False, ssl_verify=SSL_CONTEXT)
-    c.predict(name=name, api_name="/next_pair")
+    token = c.predict(name=name, api_name="/next_pair")[5]  # each vote names the pair it is for (page token)
     i, due = 0, time.perf_counter() + random.uniform(0, interval)
     while not stop.is_set():
         if interval:
             time.sleep(max(0.0, due - time.perf_counter()))
         t0 = due if interval else time.perf_counter()  # paced: latency counts from when the vote was due
-        c.predict(choice=("a", "b", "tie")[i % 3], name=name, api_name="/vote")
+        token = c.predict(choice=("a", "b", "tie")[i % 3], name=name, token=token, api_name="/vote")[5]
         lat.append(time.perf_counter() - t0)
         acked[0] += 1  # one slot per thread, summed later
         i, due = i + 1, due + interval
@@ -60,8 +64,9 @@ def run(args: argparse.Namespace, rate: float) -> str:
     from annotate.store import read_table
 
     tmp = Path(tempfile.mkdtemp(prefix="app-load-"))
-    pool, store = synthetic_pool(tmp / "pool.jsonl", args.prompts), tmp / "votes"
-    server = Server(pool, store, "--overlap", "2", "--concurrency", "64")
+    store = tmp / "votes"
+    pool = Path(args.pool) if args.pool else synthetic_pool(tmp / "pool.jsonl", args.prompts, pool_size=args.pool_size)
+    server = Server(pool, store, "--overlap", str(args.overlap), "--concurrency", "64")
     interval = args.clients / rate if rate else 0.0
     stop = threading.Event()
     lats = [[] for _ in range(args.clients)]
@@ -98,17 +103,32 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--rate", type=float, default=100.0, help="offered votes/s of the paced phase (all clients)")
     p.add_argument("--prompts", type=int, default=2000, help="synthetic pool size (4 candidates each)")
+    p.add_argument(
+        "--pool-size", type=int, default=None, metavar="N",
+        help="synthetic pool of N pairs instead: ceil(N / 6) prompts x 4 candidates (overrides --prompts)",
+    )  # fmt: skip
+    p.add_argument("--pool", help="serve this pool file instead of a synthetic one (e.g. datasets/demo/pool.jsonl)")
+    p.add_argument(
+        "--overlap", type=int, default=2,
+        help="annotators per pair; a small pool needs a large one so that 50 clients do not run out of pairs",
+    )  # fmt: skip
     p.add_argument("--out", default=str(ROOT / "bench/results/app.md"))
     args = p.parse_args()
     rows = [run(args, args.rate), run(args, 0.0)]
+    prompts = args.prompts if args.pool_size is None else -(-args.pool_size // PAIRS_PER_PROMPT)
+    pool_arg = "" if args.pool_size is None else f" --pool-size {args.pool_size}"
+    pool_desc = f"{prompts} prompts x 4 candidates ({prompts * PAIRS_PER_PROMPT} pairs)"
+    if args.pool:
+        pool_arg, pool_desc = f" --pool {args.pool}", args.pool
+    pool_arg += f" --overlap {args.overlap}" if args.overlap != 2 else ""
     lines = [
         "# App load benchmark",
         "",
         f"Command: `.venv/bin/python bench/app_load.py --clients {args.clients} --duration {args.duration:g} "
-        f"--rate {args.rate:g}`",
-        f"Machine: 2 CPU cores; server and clients on the same machine. Pool: {args.prompts} prompts x 4 "
-        "candidates, --overlap 2, durable (fsync'd) store. Each phase uses a fresh server, SIGKILLed at the end "
-        "before the store is counted.",
+        f"--rate {args.rate:g}{pool_arg}`",
+        f"Machine: 2 CPU cores; server and clients on the same machine. Pool: {pool_desc}, --overlap "
+        f"{args.overlap}, durable (fsync'd) store. Each phase uses a "
+        "fresh server, SIGKILLed at the end before the store is counted.",
         "",
         "| clients | offered | seconds | votes | votes/s | p50 ms | p99 ms | acknowledged | in store | lost |",
         "|---|---|---|---|---|---|---|---|---|---|",

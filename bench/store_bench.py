@@ -132,7 +132,8 @@ def synthetic_table(n: int, seed: int = 0) -> pa.Table:
         "created_at": pa.repeat(pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC")), n),
         "decision_ms": pa.array(rng.integers(500, 20000, n)),
         "retracts": pa.array(retract, type=pa.string()),
-        "schema_version": pa.repeat(pa.scalar(1, pa.int16()), n),
+        "flag": pa.nulls(n, pa.string()),
+        "schema_version": pa.repeat(pa.scalar(2, pa.int16()), n),
         "app_version": pa.repeat("bench", n),
     }
     return pa.table(cols, schema=COMPARISON_SCHEMA)

@@ -158,8 +158,8 @@ def test_app_serves_active_pairs(toy_rm, tmp_path):
     scores = score_pool(pool, toy_rm)
     with Server(pool_path, tmp_path / "votes", "--strategy", "active", "--reward-model", toy_rm) as server:
         c = gradio_client.Client(server.url, verbose=False, download_files=False)
-        c.predict(name="ann", api_name="/next_pair")
-        c.predict(choice="a", name="ann", api_name="/vote")
+        token = c.predict(name="ann", api_name="/next_pair")[5]
+        c.predict(choice="a", name="ann", token=token, api_name="/vote")
     rec = read_table(str(tmp_path / "votes")).to_pylist()[0]
     served = abs(scores[(rec["prompt_id"], rec["response_a_id"])] - scores[(rec["prompt_id"], rec["response_b_id"])])
     all_gaps = [abs(scores[(f"p{p}", f"r{i}")] - scores[(f"p{p}", f"r{j}")])

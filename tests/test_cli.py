@@ -78,11 +78,12 @@ CASES = {
         lambda p: parquet(p, [{"prompt_id": "p"}]),
         ["row 1", "'response_id'"],
     ),
-    "empty pool response": (
+    # An empty response is a legitimate (bad) candidate; one over the size limit is not.
+    "oversize pool response": (
         "pool",
         "p.jsonl",
-        lambda p: jsonl(p, [{**GOOD_POOL, "response": ""}]),
-        ["line 1", "response"],
+        lambda p: jsonl(p, [{**GOOD_POOL, "response": "x" * 100_001}]),
+        ["line 1", "response", "over the limit"],
     ),
     "not gzip at all": ("hh", "hh.jsonl.gz", not_gzip, ["line 1"]),
 }

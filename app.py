@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # Other app processes on this store (replicas, failover): their votes and serves reach this sampler too.
-    follower = ReplicaFollower(args.store, sampler).start()
+    follower = ReplicaFollower(store, sampler).start()
     gc.freeze()  # the pool's start-up objects live for good: later collections need not rescan them
     exports = ExportRegistry()  # snapshots for the admin who asked, at an unguessable URL, once
     config = AppConfig(

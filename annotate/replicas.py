@@ -22,12 +22,12 @@ import uuid
 from pathlib import Path
 
 from annotate.sampler import Pair, PairSampler
-from annotate.store import StoreTail
+from annotate.store import ComparisonStore, StoreTail
 
 
 class ReplicaFollower:
-    def __init__(self, store_root: str | os.PathLike, sampler: PairSampler, interval: float = 0.5):
-        self.root, self.sampler, self.interval = Path(store_root), sampler, interval
+    def __init__(self, store: ComparisonStore, sampler: PairSampler, interval: float = 0.5):
+        self.store, self.root, self.sampler, self.interval = store, Path(store.root), sampler, interval
         # From the start, not from now: records written between the sampler's start-up read and this line must
         # not be missed, and apply() skips the ones the sampler already holds.
         self.tail = StoreTail(self.root)
@@ -68,7 +68,9 @@ class ReplicaFollower:
         with self._poll_lock:
             # Serve notes first: a serve is written before its vote, so a vote never arrives ahead of its serve.
             self._read_serves()
-            return sum(1 for rec in self.tail.poll() if self.sampler.apply(rec))
+            # This process's own live segment holds only records its sampler has already: not read (or parsed).
+            own = [self.store.segment_name] if self.store.segment_name else []
+            return sum(1 for rec in self.tail.poll(skip=own) if self.sampler.apply(rec))
 
     def _read_serves(self) -> None:
         for path in sorted(self.serves.glob("*.jsonl")):

@@ -88,7 +88,7 @@ class View:
     progress: str  # safe HTML: progress line and bar
     message: str = ""  # safe HTML
     token: str = ""
-    history: list[tuple[str, str]] = field(default_factory=list)  # (label, comparison_id), newest first
+    history: str = ""  # safe HTML: the annotator's recent votes, newest first, each carrying its comparison_id
 
 
 class AnnotationService:
@@ -151,7 +151,7 @@ class AnnotationService:
         state.pair, state.token, state.shown_at = pair, uuid.uuid4().hex[:12], time.monotonic()
         state.replaces = replaces
         self._shown[state.session_id] = state.token
-        progress, history = self.progress_html(annotator), self.history_choices(annotator)
+        progress, history = self.progress_html(annotator), history_html(self.history_choices(annotator))
         if pair is None:
             done = "Nothing left to judge for you in this pool. Thank you!"
             return View("", "", "", progress, message or f'<div class="note">{done}</div>', state.token, history)
@@ -287,6 +287,14 @@ class AnnotationService:
             was = _shown_choice(rec["choice"], rec["left"])
             note = _note(f"Changing your earlier vote ({was}): vote again to replace it.")
             return self._show(state, annotator, pair, note, replaces=comparison_id)
+
+
+def history_html(entries: list[tuple[str, str]]) -> str:
+    """History as a list the page selects from ([h] or a click); ids come from the store, so they are escaped."""
+    if not entries:
+        return '<p class="note">No votes yet.</p>'
+    items = "".join(f'<li data-cid="{render_inline(cid)}">{render_inline(label)}</li>' for label, cid in entries)
+    return f"<ol>{items}</ol>"
 
 
 def _pair_fields(pair: Pair) -> dict:

@@ -122,6 +122,11 @@ class ComparisonStore:
         _fsync_dir(self.root / "wal")
         self._seg_fd, self._seg_name, self._seg_records = fd, name, []
 
+    @property
+    def segment_name(self) -> str | None:
+        """The write-ahead segment this writer appends to now (None before the first append)."""
+        return self._seg_name
+
     def append(self, record: dict) -> str:
         """Validate and append one comparison; returns its id once it is on disk (fsync'd)."""
         return self.append_many([record])[0]
@@ -344,15 +349,18 @@ class StoreTail:
         if from_now:
             self.poll()
 
-    def poll(self) -> list[dict]:
-        """Records that appeared since the previous poll (all current ones on the first, unless from_now)."""
+    def poll(self, skip: Iterable[str] = ()) -> list[dict]:
+        """Records that appeared since the previous poll (all current ones on the first, unless from_now). `skip`:
+        segment names not to read now (a caller's own live segment, whose records it has already)."""
+        skip = set(skip)
         with self._lock:
             out: list[dict] = []
             # Segments before parts: a segment sealed after it was listed is found as a part.
             segments = sorted((self.root / "wal").glob("seg-*.jsonl"))
             self._offsets = {s.name: self._offsets.get(s.name, 0) for s in segments}
             for seg in segments:
-                out += self._read_segment(seg)
+                if seg.name not in skip:
+                    out += self._read_segment(seg)
             parts = sorted(self.root.glob("part-*.parquet"))
             self._parts &= {p.name for p in parts}  # names are unique: a removed part never comes back
             for part in parts:

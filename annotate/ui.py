@@ -50,8 +50,17 @@ SHORTCUTS_JS = """
                    "u": "undo", "b": "flag-broken", "o": "flag-offensive", "d": "flag-duplicate",
                    "n": "flag-cannot_judge", "r": "history-open"};
   const strength = {"q": "slight", "w": "clear", "e": "much"};
-  const cycles = {"z": "crit-correct", "x": "crit-helpful", "c": "crit-harmless", "v": "crit-concise",
-                  "h": "history"};
+  const cycles = {"z": "crit-correct", "x": "crit-helpful", "c": "crit-harmless", "v": "crit-concise"};
+  // History is a plain list (cheap to send with every vote); h moves the selection, a click selects too.
+  const select = (li) => {
+    document.querySelectorAll("#history li.selected").forEach((x) => x.classList.remove("selected"));
+    if (li) { li.classList.add("selected"); li.scrollIntoView({block: "nearest"}); }
+    return Boolean(li);
+  };
+  document.addEventListener("click", (e) => {
+    const li = e.target.closest && e.target.closest("#history li[data-cid]");
+    if (li) select(li);
+  });
   const typing = (t) => t && (t.isContentEditable || t.tagName === "TEXTAREA" || t.tagName === "SELECT" ||
     (t.tagName === "INPUT" && !/^(radio|checkbox|button|submit|range)$/i.test(t.type)));
   const radios = (id) => Array.from(document.querySelectorAll("#" + id + " input[type=radio]"));
@@ -65,6 +74,10 @@ SHORTCUTS_JS = """
       done = press(document.querySelector("#" + id + " button") || document.getElementById(id));
     } else if (strength[e.key]) {
       done = press(radios("strength").find((r) => r.value === strength[e.key]));
+    } else if (e.key === "h") {
+      const items = Array.from(document.querySelectorAll("#history li[data-cid]"));
+      const at = items.findIndex((li) => li.classList.contains("selected"));
+      done = items.length > 0 && select(items[(at + 1) % items.length]);
     } else if (cycles[e.key]) {
       const rs = radios(cycles[e.key]);
       if (rs.length) done = press(rs[(rs.findIndex((r) => r.checked) + 1) % rs.length]);
@@ -81,12 +94,16 @@ ANON_JS = """
   return [name || id, st];
 }
 """
+PICK_JS = "(pick, name, st) => [document.querySelector('#history li.selected')?.dataset.cid || pick, name, st]"
 REMEMBER_NAME_JS = "(name, st) => { if (name) localStorage.setItem('prefkit-annotator', name); return [name, st]; }"
 CSS = (
     RENDER_CSS
     + """
 #vote-row button { min-height: 48px; }
 #progress-bar { width: 100%; height: 8px; margin-top: 4px; }
+#history ol { margin: 0; padding-left: 1.5em; max-height: 12em; overflow-y: auto; }
+#history li { cursor: pointer; padding: 2px 6px; border-radius: 4px; }
+#history li.selected { background: var(--color-accent-soft); outline: 1px solid var(--color-accent); }
 #message .saved { color: var(--color-accent); font-weight: 600; }
 #message .refused { color: #b91c1c; font-weight: 600; }
 .prompt { background: var(--background-fill-secondary); border-radius: 8px; padding: 12px 16px; }
@@ -179,7 +196,8 @@ def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -
                              for f, label, key in FLAG_BUTTONS}  # fmt: skip
                     undo = gr.Button("Undo last  [u]", elem_id="undo", size="sm")
                 with gr.Accordion("History: your recent votes (change one: [h] select, [r] change)", open=True):
-                    history = gr.Radio([], label="Recent votes, newest first", elem_id="history")
+                    history = gr.HTML(elem_id="history")
+                    history_pick = gr.Textbox(visible=False)  # the selected entry's id (API callers send it)
                     reopen = gr.Button("Change the selected vote  [r]", elem_id="history-open", size="sm")
                 gr.HTML(KEY_HINT, elem_id="key-hint")
                 token = gr.Textbox(value="", visible=False)  # guards against votes from a stale page
@@ -207,7 +225,7 @@ def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -
             # component per session, the main server cost under load. Resets of the optional fields happen in
             # the browser instead (RESET_JS below), so a vote sends only what changes with the pair.
             return {prompt: view.prompt, left: view.left, right: view.right, progress: view.progress,
-                    message: view.message, token: view.token, history: gr.update(choices=view.history, value=None),
+                    message: view.message, token: view.token, history: view.history,
                     state: st}  # fmt: skip
 
         def act(fn, st: SessionState | None, *args):
@@ -288,7 +306,7 @@ def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -
         api_flag = gr.Button(visible=False)
         api_flag.click(on_flag, [flag_reason, token, name, state], all_out, api_name="flag")
         undo.click(on_undo, [name, state], all_out, api_name="undo")
-        reopen.click(on_reopen, [history, name, state], all_out, api_name="reopen")
+        reopen.click(on_reopen, [history_pick, name, state], all_out, api_name="reopen", js=PICK_JS)
         export_btn.click(on_export, None, [export_link], api_visibility="private")
         dash_out = [findings, by_annotator, *plots.values()]
         refresh.click(on_dashboard, None, dash_out, api_visibility="private")

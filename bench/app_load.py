@@ -66,12 +66,15 @@ def run(args: argparse.Namespace, rate: float) -> str:
     tmp = Path(tempfile.mkdtemp(prefix="app-load-"))
     store = tmp / "votes"
     pool = Path(args.pool) if args.pool else synthetic_pool(tmp / "pool.jsonl", args.prompts, pool_size=args.pool_size)
-    server = Server(pool, store, "--overlap", str(args.overlap), "--concurrency", "64")
+    servers = [Server(pool, store, "--overlap", str(args.overlap), "--concurrency", "64")
+               for _ in range(args.processes)]  # fmt: skip
     interval = args.clients / rate if rate else 0.0
     stop = threading.Event()
     lats = [[] for _ in range(args.clients)]
     acks = [[0] for _ in range(args.clients)]
-    threads = [threading.Thread(target=annotator, args=(server.url, f"ann{i:02d}", stop, lats[i], acks[i], interval))
+    # With several processes (replicas on one store) the clients are spread over them, as a load balancer would.
+    urls = [servers[i % len(servers)].url for i in range(args.clients)]
+    threads = [threading.Thread(target=annotator, args=(urls[i], f"ann{i:02d}", stop, lats[i], acks[i], interval))
                for i in range(args.clients)]  # fmt: skip
     for t in threads:
         t.start()
@@ -87,12 +90,13 @@ def run(args: argparse.Namespace, rate: float) -> str:
     for t in threads:
         t.join(timeout=30)
     acked = sum(a[0] for a in acks)
-    server.kill()  # SIGKILL, then count what is on disk
+    for server in servers:
+        server.kill()  # SIGKILL, then count what is on disk
     stored = read_table(str(store)).num_rows
     q = statistics.quantiles(window, n=100)
     offered = f"{rate:g}/s" if rate else "max"
     return (
-        f"| {args.clients} | {offered} | {elapsed:.0f} | {measured} | {measured / elapsed:.1f} | {q[49] * 1000:.0f} | "
+        f"| {args.processes} | {args.clients} | {offered} | {elapsed:.0f} | {measured} | {measured / elapsed:.1f} | {q[49] * 1000:.0f} | "
         f"{q[98] * 1000:.0f} | {acked} | {stored} | {acked - stored} |"
     ), stored == acked
 
@@ -112,6 +116,7 @@ def main() -> int:
         "--overlap", type=int, default=2,
         help="annotators per pair; a small pool needs a large one so that 50 clients do not run out of pairs",
     )  # fmt: skip
+    p.add_argument("--processes", type=int, default=1, help="app processes on one store (replicas), clients spread")
     p.add_argument("--out", default=str(ROOT / "bench/results/app.md"))
     args = p.parse_args()
     rows = [run(args, args.rate), run(args, 0.0)]
@@ -121,6 +126,7 @@ def main() -> int:
     if args.pool:
         pool_arg, pool_desc = f" --pool {args.pool}", args.pool
     pool_arg += f" --overlap {args.overlap}" if args.overlap != 2 else ""
+    pool_arg += f" --processes {args.processes}" if args.processes != 1 else ""
     lines = [
         "# App load benchmark",
         "",
@@ -130,8 +136,8 @@ def main() -> int:
         f"{args.overlap}, durable (fsync'd) store. Each phase uses a "
         "fresh server, SIGKILLed at the end before the store is counted.",
         "",
-        "| clients | offered | seconds | votes | votes/s | p50 ms | p99 ms | acknowledged | in store | lost |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| processes | clients | offered | seconds | votes | votes/s | p50 ms | p99 ms | acknowledged | in store | lost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *(row for row, _ in rows),
         "",
         "Latency = one `vote` call via gradio_client (records the vote durably, returns the next pair). Paced phase: "

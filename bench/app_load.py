@@ -96,8 +96,8 @@ def run(args: argparse.Namespace, rate: float) -> str:
     q = statistics.quantiles(window, n=100)
     offered = f"{rate:g}/s" if rate else "max"
     return (
-        f"| {args.processes} | {args.clients} | {offered} | {elapsed:.0f} | {measured} | {measured / elapsed:.1f} | {q[49] * 1000:.0f} | "
-        f"{q[98] * 1000:.0f} | {acked} | {stored} | {acked - stored} |"
+        f"| {args.processes} | {args.clients} | {offered} | {elapsed:.0f} | {measured} | {measured / elapsed:.1f} | "
+        f"{q[49] * 1000:.0f} | {q[98] * 1000:.0f} | {acked} | {stored} | {acked - stored} |"
     ), stored == acked
 
 
@@ -136,7 +136,8 @@ def main() -> int:
         f"{args.overlap}, durable (fsync'd) store. Each phase uses a "
         "fresh server, SIGKILLed at the end before the store is counted.",
         "",
-        "| processes | clients | offered | seconds | votes | votes/s | p50 ms | p99 ms | acknowledged | in store | lost |",
+        "| processes | clients | offered | seconds | votes | votes/s | p50 ms | p99 ms | acknowledged | in store "
+        "| lost |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *(row for row, _ in rows),
         "",

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+from functools import partial
 from pathlib import Path
 
 from annotate.schema import SchemaError
@@ -75,11 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     # Gradio rebuilds a pandas summary of recent events after every event by default; under load that costs
     # more CPU than the vote itself.
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
+    from annotate.api import add_json_api
     from annotate.pool import read_pool
     from annotate.replicas import ReplicaFollower
     from annotate.sampler import PairSampler
     from annotate.store import ComparisonStore
-    from annotate.ui import CSS, AppConfig, build_app
+    from annotate.ui import CSS, AppConfig, build_app, make_service
     from annotate.users import Authenticator
     from annotate.web import ExportRegistry, build_web_app, end_streams
 
@@ -106,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.guidelines:
         config.guidelines = Path(args.guidelines).read_text(encoding="utf-8")
-    blocks = build_app(config, store, sampler)
+    service = make_service(config, store, sampler)  # one service behind both doors: the screen and the JSON API
+    blocks = build_app(config, store, sampler, service)
     blocks.queue(default_concurrency_limit=args.concurrency)
-    web = build_web_app(blocks, auth, exports, css=CSS, title=config.title)
+    routes = partial(add_json_api, service=service, auth=auth)
+    web = build_web_app(blocks, auth, exports, css=CSS, title=config.title, routes=routes)
     try:
         sock = _bind(args.host, args.port)
     except OSError as e:

@@ -132,8 +132,15 @@ class AppConfig:
     replicas: ReplicaFollower | None = None  # several app processes on one store (annotate.replicas)
 
 
-def build_app(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -> gr.Blocks:
-    service = AnnotationService(store, sampler, max_rationale=config.max_rationale, replicas=config.replicas)
+def make_service(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -> AnnotationService:
+    return AnnotationService(store, sampler, max_rationale=config.max_rationale, replicas=config.replicas)
+
+
+def build_app(
+    config: AppConfig, store: ComparisonStore, sampler: PairSampler, service: AnnotationService | None = None
+) -> gr.Blocks:
+    """The screen. Pass `service` to share it with another door (annotate.api); one is made otherwise."""
+    service = service or make_service(config, store, sampler)
 
     def who(name: str | None, st: SessionState, request: gr.Request | None) -> str:
         """With login, the name is the logged-in user's and nothing the client sends can change it."""

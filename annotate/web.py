@@ -197,8 +197,10 @@ def build_web_app(
     hint: str = "Log in with the name and password your admin gave you.",
     throttle: LoginThrottle | None = None,
     max_waiting_logins: int = MAX_WAITING_LOGINS,
+    routes: Callable[[FastAPI], None] | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving `blocks` at "/" (call `blocks.queue()` first); login is on iff `auth` is given."""
+    """The FastAPI app serving `blocks` at "/" (call `blocks.queue()` first); login is on iff `auth` is given.
+    `routes(app)` registers more routes ahead of Gradio's catch-all mount (annotate.api's JSON API)."""
     import gradio as gr
 
     # No docs/openapi on the outer app: they would sit in front of Gradio and describe only these routes.
@@ -311,6 +313,8 @@ def build_web_app(
             headers={"Cache-Control": "no-store"}, background=BackgroundTask(entry.path.unlink, missing_ok=True),
         )  # fmt: skip
 
+    if routes is not None:
+        routes(app)
     if auth is not None:
         app.add_middleware(_LoginRedirect, auth=auth)
     return gr.mount_gradio_app(

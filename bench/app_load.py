@@ -39,19 +39,37 @@ def synthetic_pool(path: Path, n_prompts: int | None = None, *, pool_size: int |
 SSL_CONTEXT = ssl.create_default_context()
 
 
-def annotator(url: str, name: str, stop: threading.Event, lat: list[float], acked: list[int], interval: float) -> None:
-    from gradio_client import Client
+def annotator(url: str, name: str, stop: threading.Event, lat: list[float], acked: list[int], interval: float,
+              client: str = "gradio") -> None:  # fmt: skip
+    """One annotator voting until `stop`: through gradio_client (the screen's path) or the JSON API."""
+    if client == "json":
+        import httpx
 
-    # One shared SSL context: otherwise httpx builds a new one (loading the CA bundle, ~16 ms of CPU) for every
-    # request, and the clients, not the server, become what the benchmark measures.
-    c = Client(url, verbose=False, download_files=False, ssl_verify=SSL_CONTEXT)
-    token = c.predict(name=name, api_name="/next_pair")[5]  # each vote names the pair it is for (page token)
+        http = httpx.Client(base_url=url, timeout=120)
+        shown = http.post("/api/v1/next", json={"name": name}).json()
+        session, token = shown["session"], shown["token"]
+
+        def vote(choice: str, token: str) -> str:
+            r = http.post("/api/v1/vote", json={"session": session, "token": token, "choice": choice})
+            r.raise_for_status()  # an error is not an acknowledgement
+            return r.json()["token"]
+    else:
+        from gradio_client import Client
+
+        # One shared SSL context: otherwise httpx builds a new one (loading the CA bundle, ~16 ms of CPU) for every
+        # request, and the clients, not the server, become what the benchmark measures.
+        c = Client(url, verbose=False, download_files=False, ssl_verify=SSL_CONTEXT)
+        token = c.predict(name=name, api_name="/next_pair")[5]  # each vote names the pair it is for (page token)
+
+        def vote(choice: str, token: str) -> str:
+            return c.predict(choice=choice, name=name, token=token, api_name="/vote")[5]
+
     i, due = 0, time.perf_counter() + random.uniform(0, interval)
     while not stop.is_set():
         if interval:
             time.sleep(max(0.0, due - time.perf_counter()))
         t0 = due if interval else time.perf_counter()  # paced: latency counts from when the vote was due
-        token = c.predict(choice=("a", "b", "tie")[i % 3], name=name, token=token, api_name="/vote")[5]
+        token = vote(("a", "b", "tie")[i % 3], token)
         lat.append(time.perf_counter() - t0)
         acked[0] += 1  # one slot per thread, summed later
         i, due = i + 1, due + interval
@@ -74,7 +92,8 @@ def run(args: argparse.Namespace, rate: float) -> str:
     acks = [[0] for _ in range(args.clients)]
     # With several processes (replicas on one store) the clients are spread over them, as a load balancer would.
     urls = [servers[i % len(servers)].url for i in range(args.clients)]
-    threads = [threading.Thread(target=annotator, args=(urls[i], f"ann{i:02d}", stop, lats[i], acks[i], interval))
+    threads = [threading.Thread(target=annotator, args=(urls[i], f"ann{i:02d}", stop, lats[i], acks[i], interval,
+                                                        args.client))
                for i in range(args.clients)]  # fmt: skip
     for t in threads:
         t.start()
@@ -116,6 +135,12 @@ def main() -> int:
         "--overlap", type=int, default=2,
         help="annotators per pair; a small pool needs a large one so that 50 clients do not run out of pairs",
     )  # fmt: skip
+    p.add_argument(
+        "--client",
+        choices=("gradio", "json"),
+        default="gradio",
+        help="gradio: gradio_client, the screen's path; json: the /api/v1 JSON API (annotate/api.py)",
+    )
     p.add_argument("--processes", type=int, default=1, help="app processes on one store (replicas), clients spread")
     p.add_argument("--out", default=str(ROOT / "bench/results/app.md"))
     args = p.parse_args()
@@ -127,6 +152,7 @@ def main() -> int:
         pool_arg, pool_desc = f" --pool {args.pool}", args.pool
     pool_arg += f" --overlap {args.overlap}" if args.overlap != 2 else ""
     pool_arg += f" --processes {args.processes}" if args.processes != 1 else ""
+    pool_arg += f" --client {args.client}" if args.client != "gradio" else ""
     lines = [
         "# App load benchmark",
         "",
@@ -141,7 +167,8 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *(row for row, _ in rows),
         "",
-        "Latency = one `vote` call via gradio_client (records the vote durably, returns the next pair). Paced phase: "
+        f"Latency = one `vote` call via {'the JSON API' if args.client == 'json' else 'gradio_client'} (records the "
+        "vote durably, returns the next pair). Paced phase: "
         "each annotator votes on a fixed schedule (clients / rate seconds apart) and latency counts from when the "
         "vote was due, so a slow server cannot hide queueing (no coordinated omission). `max`: every annotator "
         "votes again as soon as the last vote returns (saturation; latency = clients / throughput by Little's law). "

@@ -116,10 +116,15 @@ class ComparisonStore:
     # -- writing -------------------------------------------------------------------------------------------
     def _open_segment(self) -> None:
         name = f"seg-{uuid.uuid4().hex}.jsonl"
-        fd = os.open(self.root / "wal" / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
+        wal = self.root / "wal"
+        # Created under a name compact() does not look at, locked, and only then renamed into place: a segment is
+        # never visible unlocked, so a compaction cannot take a new segment for a dead writer's and fold it away.
+        pending = wal / f".{name}.new"
+        fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
         # The lock says "a live writer owns this segment"; compact() folds in only segments nobody holds.
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _fsync_dir(self.root / "wal")
+        os.rename(pending, wal / name)  # the lock belongs to the open file, so it survives the rename
+        _fsync_dir(wal)
         self._seg_fd, self._seg_name, self._seg_records = fd, name, []
 
     @property

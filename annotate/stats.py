@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from annotate.schema import CHOICES
+from annotate.schema import CHOICES, FLAGS
 
 
 def store_stats(store: str) -> dict[str, pd.DataFrame | dict]:
@@ -18,7 +18,7 @@ def store_stats(store: str) -> dict[str, pd.DataFrame | dict]:
     from annotate.store import effective_table, read_table
 
     table = read_table(store)
-    cols = ["comparison_id", "prompt_id", "choice", "annotator", "source_a", "source_b", "retracts"]
+    cols = ["comparison_id", "prompt_id", "choice", "annotator", "source_a", "source_b", "retracts", "flag"]
     all_votes = table.select(cols).to_pandas()
     votes = effective_table(table.select(cols)).to_pandas()
     n_retractions = int(pc.sum(pc.is_valid(table.column("retracts"))).as_py() or 0)
@@ -30,6 +30,8 @@ def store_stats(store: str) -> dict[str, pd.DataFrame | dict]:
         "prompts": votes["prompt_id"].nunique(),
         "annotators": votes["annotator"].nunique(),
     }
+    # Flags (standing ones): broken / offensive / duplicate pairs are kept out of `export`; a lead reviews them.
+    totals.update({f"flagged {f.replace('_', ' ')}": int((votes["flag"] == f).sum()) for f in FLAGS})
     by_choice = votes["choice"].value_counts().reindex(list(CHOICES), fill_value=0).rename("votes").to_frame()
     by_annotator = pd.crosstab(votes["annotator"], votes["choice"]).reindex(columns=list(CHOICES), fill_value=0)
     by_annotator.insert(0, "votes", by_annotator.sum(axis=1))

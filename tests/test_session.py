@@ -10,6 +10,7 @@ from annotate.export import usable_votes
 from annotate.pool import read_pool
 from annotate.sampler import PairSampler
 from annotate.session import AnnotationService, SessionState, VoteError
+from annotate.stats import store_stats
 from annotate.store import ComparisonStore, effective_table, read_table
 
 
@@ -108,6 +109,8 @@ def test_flag_is_a_skip_kept_out_of_training(service):
     flagged = [r for r in table.to_pylist() if r["flag"]]
     assert [(r["choice"], r["flag"], r["annotator"]) for r in flagged] == [("skip", "offensive", "ann2")]
     assert on_pair(usable_votes(table).to_pylist()) == []  # and not after
+    totals = store_stats(str(store))["totals"]
+    assert totals["flagged offensive"] == 1 and totals["flagged broken"] == 0
 
 
 def test_history_change_is_retraction_plus_vote(service):

@@ -169,11 +169,11 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _active_strategy(pool, model_dir: str, refresh_s: float):
-    from annotate.active import ActiveStrategy
+    from rlhf.reward import active_strategy  # the entry point wires the model in: annotate/ never loads one
 
     if not Path(model_dir, "config.json").exists():
         raise FileNotFoundError(f"--reward-model {model_dir}: no config.json there (train one: rlhf/train.py reward)")
-    strategy = ActiveStrategy.from_reward_model(pool, model_dir)
+    strategy = active_strategy(pool, model_dir)
     if refresh_s > 0:
         strategy.watch(refresh_s)
     return strategy

@@ -18,7 +18,7 @@ COMMANDS = {
     "export": ("annotate.export", "export a store as TRL preference data (Parquet or JSONL)"),
     "stats": ("annotate.stats", "counts by choice, annotator and source"),
     "compact": ("annotate.stats", "merge a store's small files into one, atomically"),
-    "generate": ("annotate.generate", "sample candidate responses from a model into a pool"),
+    "generate": ("rlhf.generate", "sample candidate responses from a model into a pool"),
     "add-user": ("annotate.users", "add or update an annotator in a users file"),
     "remove-user": ("annotate.users", "remove an annotator from a users file (ends their sessions)"),
     "audit": ("annotate.audit_cli", "agreement, position and length bias report"),

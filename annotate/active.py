@@ -1,6 +1,6 @@
 """Active pair sampling: serve first the pairs a reward model is least sure about, or that annotators dispute.
 
-Each pool candidate is scored once (rlhf.reward.score) and a pair's priority is
+Each pool candidate is scored once by a reward model and a pair's priority is
 
     priority = u + w * d
     u = 1 - |2 sigmoid(r_a - r_b) - 1|       (1 when the rewards are equal: the Bradley-Terry probability is 1/2)
@@ -10,8 +10,9 @@ Each pool candidate is scored once (rlhf.reward.score) and a pair's priority is
 
 so with `overlap >= 2` a pair whose first votes contradict the reward model, or each other, is re-served before
 a fresh pair the model is merely unsure about. With overlap 1 a judged pair is closed and only `u` matters.
-Scores come from a reward model directory; `refresh()` re-scores from a newer checkpoint (the swap is atomic and
-scoring runs outside the sampler's lock, so serving never waits on a model).
+Scores are given; `refresh()` calls the `rescore` callable to get new ones (the swap is atomic and scoring runs
+outside the sampler's lock, so serving never waits on a model). Nothing here loads a model: the entry point wires
+in rlhf.reward.active_strategy, so the labeling app and this module run without torch.
 """
 
 from __future__ import annotations
@@ -19,34 +20,14 @@ from __future__ import annotations
 import math
 import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from annotate.sampler import PairSampler
 
 Scores = Mapping[tuple[str, str], float]  # (prompt_id, response_id) -> reward
-
-
-def score_pool(pool: pa.Table, model_dir: str | Path, batch_size: int = 32, chunk: int = 256) -> dict:
-    """Reward of every pool candidate: {(prompt_id, response_id): float}, with a progress bar."""
-    from tqdm import tqdm
-
-    from rlhf.models import load_tokenizer
-    from rlhf.reward import load_reward_model, score
-
-    rows = pool.select(["prompt_id", "prompt", "response_id", "response"]).to_pylist()
-    tokenizer = load_tokenizer(str(model_dir))
-    model = load_reward_model(str(model_dir), tokenizer)
-    rewards: list[float] = []
-    # Chunks larger than a batch: the bar moves, score() still batches and pads within each chunk.
-    for start in tqdm(range(0, len(rows), chunk), desc=f"Scoring pool with {Path(model_dir).name}", unit="chunk"):
-        part = rows[start : start + chunk]
-        rewards += score(model, tokenizer, [r["prompt"] for r in part], [r["response"] for r in part], batch_size)
-    return {(r["prompt_id"], r["response_id"]): x for r, x in zip(rows, rewards)}
 
 
 def disagreement(tally: Mapping[str, int], prefers: str) -> float:
@@ -68,16 +49,17 @@ class ActiveStrategy:
         scores: Scores | None = None,
         *,
         disagreement_weight: float = 1.0,
-        pool: pa.Table | None = None,
+        rescore: Callable[[], Scores] | None = None,
         model_dir: str | Path | None = None,
     ):
+        """`rescore()`: fresh scores for `refresh()`; `model_dir`: where `watch()` looks for new weights."""
         if scores is None:
             raise ValueError(
                 "strategy 'active' needs reward-model scores: pass ActiveStrategy(scores) or "
-                "ActiveStrategy.from_reward_model(pool, DIR) (app.py: --strategy active --reward-model DIR)"
+                "rlhf.reward.active_strategy(pool, DIR) (app.py: --strategy active --reward-model DIR)"
             )
         self.disagreement_weight = disagreement_weight
-        self.pool, self.model_dir = pool, model_dir
+        self.rescore, self.model_dir = rescore, model_dir
         self.version = 0  # bumped by every update_scores(): callers can tell a refresh happened
         self._lock = threading.RLock()
         self._scores = dict(scores)
@@ -85,10 +67,6 @@ class ActiveStrategy:
         self._uncertainty: list[float] = []
         self._prefers: list[str] = []
         self._order: list[int] = []  # pair indices, most uncertain first
-
-    @classmethod
-    def from_reward_model(cls, pool: pa.Table, model_dir: str | Path, **kw) -> ActiveStrategy:
-        return cls(score_pool(pool, model_dir), pool=pool, model_dir=model_dir, **kw)
 
     # -- scores ---------------------------------------------------------------------------------------------
     def update_scores(self, scores: Scores) -> None:
@@ -98,13 +76,11 @@ class ActiveStrategy:
             self._scores, self._bound = scores, None
             self.version += 1
 
-    def refresh(self, model_dir: str | Path | None = None) -> None:
-        """Re-score the pool with a (newer) reward model; scoring happens before the lock is taken."""
-        model_dir = model_dir or self.model_dir
-        if self.pool is None or model_dir is None:
-            raise ValueError("refresh() needs the pool and a model directory (use from_reward_model)")
-        self.update_scores(score_pool(self.pool, model_dir))
-        self.model_dir = model_dir
+    def refresh(self) -> None:
+        """Re-score the pool with the (newer) reward model; scoring happens before the lock is taken."""
+        if self.rescore is None:
+            raise ValueError("refresh() needs a rescore callable (rlhf.reward.active_strategy gives one)")
+        self.update_scores(self.rescore())
 
     def watch(self, every_s: float) -> threading.Thread:
         """Re-score whenever the model directory's weights change (checked every `every_s` seconds)."""

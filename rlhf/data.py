@@ -295,7 +295,7 @@ def load_prompts(path: str | Path) -> list[Messages]:
                 raise SchemaError(f"{path}: row {i}: {e}") from None
             seen.setdefault(json.dumps(msgs, sort_keys=True), msgs)
         return list(seen.values())
-    from annotate.generate import read_prompts  # JSONL (export, pool, prompts) or plain text
+    from annotate.pool import read_prompts  # JSONL (export, pool, prompts) or plain text
 
     return [row["prompt"] for row in read_prompts(path)]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rlhf.common import (
@@ -31,8 +32,11 @@ from rlhf.common import (
 from rlhf.config import parse_config
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from annotate.active import ActiveStrategy
 
 
 @dataclass
@@ -107,6 +111,31 @@ def score(
         tokenizer.padding_side = old_side
         model.train(was_training)
     return out
+
+
+def score_pool(pool: pa.Table, model_dir: str | Path, batch_size: int = 32, chunk: int = 256) -> dict:
+    """Reward of every pool candidate: {(prompt_id, response_id): float}, with a progress bar."""
+    from tqdm import tqdm
+
+    from rlhf.models import load_tokenizer
+
+    rows = pool.select(["prompt_id", "prompt", "response_id", "response"]).to_pylist()
+    tokenizer = load_tokenizer(str(model_dir))
+    model = load_reward_model(str(model_dir), tokenizer)
+    rewards: list[float] = []
+    # Chunks larger than a batch: the bar moves, score() still batches and pads within each chunk.
+    for start in tqdm(range(0, len(rows), chunk), desc=f"Scoring pool with {Path(model_dir).name}", unit="chunk"):
+        part = rows[start : start + chunk]
+        rewards += score(model, tokenizer, [r["prompt"] for r in part], [r["response"] for r in part], batch_size)
+    return {(r["prompt_id"], r["response_id"]): x for r, x in zip(rows, rewards)}
+
+
+def active_strategy(pool: pa.Table, model_dir: str | Path, **kw) -> ActiveStrategy:
+    """annotate.active's strategy with this reward model's scores, re-scored by `refresh()` / `watch()`."""
+    from annotate.active import ActiveStrategy
+
+    return ActiveStrategy(score_pool(pool, model_dir), rescore=lambda: score_pool(pool, model_dir),
+                          model_dir=model_dir, **kw)  # fmt: skip
 
 
 def heldout_report(model, tokenizer, test: Dataset, batch_size: int = 32, length_coef: float = 0.0) -> dict[str, Any]:

@@ -7,10 +7,11 @@ import sys
 
 import pytest
 
-from annotate.active import ActiveStrategy, disagreement, score_pool
+from annotate.active import ActiveStrategy, disagreement
 from annotate.sampler import PairSampler
 from annotate.schema import new_comparison, pool_table
 from annotate.store import read_table
+from rlhf.reward import active_strategy, score_pool
 
 
 def make_pool(n_prompts: int, texts: list[str]):
@@ -137,7 +138,7 @@ def test_score_pool_with_a_real_reward_model(toy_rm):
     )
     assert scores[("p1", "r2")] == pytest.approx(direct[0], abs=1e-5)
     assert scores[("p0", "r2")] > scores[("p0", "r0")] > scores[("p0", "r1")]  # more digits, more reward
-    strategy = ActiveStrategy.from_reward_model(pool, toy_rm)
+    strategy = active_strategy(pool, toy_rm)
     strategy.refresh()
     assert strategy.version == 1
 

@@ -1,4 +1,4 @@
-"""annotate.generate: sampling candidate pools from tiny models built from a config (no network)."""
+"""rlhf.generate (`python -m annotate generate`): sampling candidate pools from tiny config-built models."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import os
 import pytest
 
 from annotate.__main__ import main as annotate_main
-from annotate.generate import generate_pool, read_prompts
-from annotate.pool import read_pool, write_pool
+from annotate.pool import read_pool, read_prompts, write_pool
 from annotate.schema import SchemaError
+from rlhf.generate import generate_pool
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -1,5 +1,7 @@
 """`python -m annotate generate`: sample candidate responses from one or more models into a pool.
 
+It lives in rlhf/ because it loads models: the labeling app and the data layer (annotate/) run without torch.
+
 Each prompt gets N samples per model, the k-th drawn with the k-th (temperature, top_p) pair of a grid, so a
 pool holds candidates of different quality and style from the same model. Every response's settings go into
 its `meta`, so the audit can later relate preferences to how a candidate was made. Prompts are batched with
@@ -9,67 +11,16 @@ left padding (decoder-only models continue from the right edge) and rendered wit
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from annotate.pool import iter_jsonl
-from annotate.schema import SchemaError, as_messages
+from annotate.pool import read_prompts
+from annotate.schema import SchemaError
 
 # (temperature, top_p): sample k uses entry k % len. From near-greedy to loose, so candidates differ.
 DEFAULT_SAMPLING: list[tuple[float, float]] = [(0.3, 0.9), (0.7, 0.95), (1.0, 1.0), (1.3, 0.98)]
-
-
-def _prompt_id(messages: list[dict[str, str]]) -> str:
-    # Content hash: the same prompt gets the same id when the file is edited or reordered.
-    digest = hashlib.sha1(json.dumps(messages, sort_keys=True).encode()).hexdigest()
-    return f"p-{digest[:10]}"
-
-
-def _prompt_lines(path: Path) -> Iterator[tuple[int, Any, Any]]:
-    """(line number, raw prompt, prompt_id or None) from JSONL(.gz) rows or the lines of a plain text file."""
-    if path.suffix == ".jsonl" or path.name.endswith(".jsonl.gz"):
-        for n, row in iter_jsonl(path):  # names file and line for bad JSON or a truncated gzip
-            if "prompt" not in row:
-                raise SchemaError(f"{path}: line {n}: missing field 'prompt'")
-            yield n, row["prompt"], row.get("prompt_id")
-        return
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if line.strip():
-                yield n, line.rstrip("\n"), None
-
-
-def read_prompts(path: str | Path) -> list[dict[str, Any]]:
-    """Read prompts from JSONL ({prompt_id?, prompt: text or messages} per line) or plain text (one per line).
-
-    A candidate pool also works as a prompts file: rows repeating a prompt_id with the same prompt collapse
-    into one. Errors name the file, the line and the field.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such prompts file")
-    prompts: dict[str, dict[str, Any]] = {}
-    for n, raw_prompt, pid in _prompt_lines(path):
-        where = f"{path}: line {n}"
-        try:
-            messages = as_messages(raw_prompt)
-        except SchemaError as e:
-            raise SchemaError(f"{where}: {e}") from None
-        if pid is None:
-            pid = _prompt_id(messages)
-        elif not isinstance(pid, str) or not pid.strip():
-            raise SchemaError(f"{where}: field 'prompt_id': expected non-empty text, got {pid!r}")
-        if pid in prompts and prompts[pid]["prompt"] != messages:
-            raise SchemaError(f"{where}: field 'prompt_id': {pid!r} already used for a different prompt")
-        prompts.setdefault(pid, {"prompt_id": pid, "prompt": messages})
-    if not prompts:
-        raise SchemaError(f"{path}: no prompts found")
-    return list(prompts.values())
 
 
 def _source_name(model: str | None) -> str:

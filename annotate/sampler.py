@@ -286,16 +286,6 @@ class PairSampler(Ledger):
             self._hold(self._annotator(annotator), pair.index, pair.kind)
             return pair
 
-    def mark_seen(self, annotator: str, i: int) -> None:
-        """Another process served pair i to `annotator`: never serve it to them here (i < 0, a honeypot: no-op)."""
-        if i < 0:
-            return
-        with self._lock:
-            ann = self._annotator(annotator)
-            self._see(ann, i)
-            if ann.pending == i:
-                ann.pending_clean = False
-
     def remote_serve(self, annotator: str, i: int) -> None:
         """Another process showed pair i to `annotator`: seen here too, and in flight until their vote on it or their
         next serve arrives, so that `overlap` counts serves in every process (i < 0, a honeypot: no-op)."""

@@ -208,7 +208,7 @@ class Model:
         self.s = sampler
         self.log: list[dict] = []  # every record accounted for, in arrival order
         self.seen, self.pending = defaultdict(set), {}
-        self.clean = {}  # annotator -> no record and no mark_seen touched their pending pair since it was served
+        self.clean = {}  # annotator -> no record and no remote serve touched their pending pair since it was served
 
     def canonical(self, rec):
         i = self.s.pair_index(rec["prompt_id"], rec["response_a_id"], rec["response_b_id"])
@@ -225,6 +225,14 @@ class Model:
             self.seen[rec["annotator"]].add(i)
             if self.pending.get(rec["annotator"]) == i:
                 self.clean[rec["annotator"]] = False
+
+    def remote_serve(self, ann, i):
+        """Seen; and in flight (their pending serve) unless it already is, or they hold a vote on it."""
+        self.seen[ann].add(i)
+        voted = any(r["annotator"] == ann and self.canonical(r)[0] == i and self.canonical(r)[1] != "skip"
+                    for r in self.standing())  # fmt: skip
+        if self.pending.get(ann) != i and not voted:
+            self.pending[ann], self.clean[ann] = i, False
 
     def standing(self):
         retracted = {r["retracts"] for r in self.log if r.get("retracts")}
@@ -308,10 +316,8 @@ def test_progress_matches_a_brute_force_recount():
             model.accounted(rec)
         elif op < 0.87:
             i = rng.randrange(len(sampler.pairs))
-            sampler.mark_seen(ann, i)
-            model.seen[ann].add(i)
-            if model.pending.get(ann) == i:
-                model.clean[ann] = False
+            sampler.remote_serve(ann, i)  # another process showed it to them
+            model.remote_serve(ann, i)
         elif op < 0.95:  # the session's undo: show a pair this annotator voted on again
             mine = [r for r in model.standing() if r["annotator"] == ann and model.canonical(r)[0] >= 0]
             if mine:
@@ -356,10 +362,8 @@ def test_balanced_never_serves_a_seen_pair_and_serves_least_loaded_first():
         ann = rng.choice(anns)
         if rng.random() < 0.1:
             i = rng.randrange(len(sampler.pairs))
-            sampler.mark_seen(ann, i)
-            model.seen[ann].add(i)
-            if model.pending.get(ann) == i:
-                model.clean[ann] = False
+            sampler.remote_serve(ann, i)  # another process showed it to them
+            model.remote_serve(ann, i)
             continue
         model.pending.pop(ann, None)
         expected = model.unseen_per_bucket(ann)
@@ -388,7 +392,7 @@ def test_uniform_serves_any_open_unseen_pair_uniformly():
     got = Counter()
     for k in range(950):
         ann = f"u{k}"
-        sampler.mark_seen(ann, 29)
+        sampler.remote_serve(ann, 29)  # shown to them by another process
         pair = sampler.next_pair(ann)
         got[pair.index] += 1
         sampler.record(vote_record(pair, ann, "skip"))  # ends the serve without judging it

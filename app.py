@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     from annotate.web import ExportRegistry, build_web_app, end_streams
 
     try:
-        store = ComparisonStore(args.store, seal_idle_s=5.0)  # votes reach Parquet parts 5 s after a lull
+        # Votes are sealed into the Delta table 5 s after a lull and at most 30 s after they arrive, so exports,
+        # training and other engines see them soon; until then they are durable in the write-ahead segment.
+        store = ComparisonStore(args.store, seal_idle_s=5.0, seal_max_age_s=30.0)
         pool = read_pool(args.pool)
         strategy = args.strategy
         if args.reward_model:

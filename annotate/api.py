@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from annotate.session import AnnotationService, SessionState, View, VoteError, check_name
+from annotate.session import AnnotationService, NotSaved, SessionState, View, VoteError, check_name
 from annotate.users import Authenticator
 
 MAX_SESSIONS = 50_000  # the least recently used are forgotten beyond this (their client starts a new one)
@@ -74,6 +74,8 @@ def add_json_api(app: FastAPI, service: AnnotationService, auth: Authenticator |
             view = action(st, annotator(request, body, st), body)
         except PermissionError as e:
             return JSONResponse({"error": str(e)}, status_code=401)
+        except NotSaved as e:  # the server's fault, not the request's: try again later
+            return JSONResponse({"error": str(e)}, status_code=503)
         except VoteError as e:
             return JSONResponse({"error": str(e)}, status_code=400)
         return JSONResponse(_payload(st, view))

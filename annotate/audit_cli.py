@@ -32,7 +32,9 @@ def _gold(pool: Path | None, store: str):
         from annotate.pool import read_pool
 
         return gold_from_pool(read_pool(pool))
-    imported = sorted(Path(store).glob("pool/*.parquet")) if Path(store).is_dir() else []
+    from annotate.store import parse_store_spec, pool_dir
+
+    imported = sorted(pool_dir(parse_store_spec(store)[0]).glob("*.parquet"))
     if not imported:
         return {}
     import pyarrow as pa

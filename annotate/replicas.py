@@ -2,9 +2,9 @@
 
 Every process keeps its own in-memory sampler. A `ReplicaFollower` applies the other processes' votes and
 retractions (annotate.store.StoreTail reads only what is new) and their serves (small append-only notes in
-`STORE/.serves/`, one file per process; the leading dot keeps Parquet dataset readers away) to the local sampler:
+`STORE/_prefkit/serves/`, one file per process; Delta and Parquet readers skip `_` folders) to the local sampler:
 in the background twice a second, so progress and History stay current, and, under an flock on
-`STORE/.serves/lock`, right before every serve. Serving is thus one process at a time and always on the latest
+`STORE/_prefkit/serves/lock`, right before every serve. Serving is thus one process at a time and always on the latest
 state: an annotator who fails over is never shown a pair they were shown or judged elsewhere, and `--overlap`
 counts every process's votes and serves in flight. The lock is held for a read of what is new plus one write.
 
@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from annotate.sampler import Pair, PairSampler
-from annotate.store import ComparisonStore, StoreTail
+from annotate.store import ComparisonStore, StoreTail, serves_dir
 
 
 class ReplicaFollower:
@@ -31,7 +31,7 @@ class ReplicaFollower:
         # From the start, not from now: records written between the sampler's start-up read and this line must
         # not be missed, and apply() skips the ones the sampler already holds.
         self.tail = StoreTail(self.root)
-        self.serves = self.root / ".serves"
+        self.serves = serves_dir(self.root)
         self.serves.mkdir(parents=True, exist_ok=True)
         # Serve notes older than this process describe serves whose votes are already in the store.
         self._offsets = {p.name: p.stat().st_size for p in self.serves.glob("*.jsonl")}

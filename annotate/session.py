@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from annotate.render import render_conversation, render_inline, render_markdown, response_card
 from annotate.sampler import Pair, PairSampler
 from annotate.schema import CRITERIA, FLAGS, STRENGTHS, new_comparison
-from annotate.store import ComparisonStore
+from annotate.store import ComparisonStore, StoreWriteError
 
 if TYPE_CHECKING:
     from annotate.replicas import ReplicaFollower
@@ -56,6 +56,16 @@ DEFAULT_GUIDELINES = """\
 
 class VoteError(ValueError):
     """An event that cannot be accepted (no pair shown, stale page, another user's session, bad value)."""
+
+
+class NotSaved(VoteError):
+    """The store could not write the event (a full disk, an I/O error): nothing was recorded, the pair stays."""
+
+
+_NOT_SAVED = (
+    "Not saved: the server could not write this to disk (it may be full). Nothing was recorded and the pair "
+    "stays on screen; please try again in a moment, and tell your lead if it keeps happening."
+)
 
 
 def check_name(name: str) -> str:
@@ -212,7 +222,10 @@ class AnnotationService:
                 records = [rec]
                 if state.replaces is not None and standing == state.replaces:
                     records.insert(0, self._retraction(pair, annotator, state, state.replaces))
-                self.store.append_many(records)  # one fsync: the change lands whole or not at all
+                try:
+                    self.store.append_many(records)  # one fsync: the change lands whole or not at all
+                except StoreWriteError:
+                    raise NotSaved(_NOT_SAVED) from None
                 for r in records:
                     self.sampler.record(r)
             state.history.append((rec["comparison_id"], pair))
@@ -268,7 +281,11 @@ class AnnotationService:
                 if standing not in (None, cid) and pair.kind != "repeat":
                     return self._show(state, annotator, state.pair, _note("That vote was already changed."))
                 rec = self._retraction(pair, annotator, state, cid)
-                self.store.append(rec)
+                try:
+                    self.store.append(rec)
+                except StoreWriteError:
+                    state.history.append((cid, pair))
+                    raise NotSaved(_NOT_SAVED) from None
                 self.sampler.record(rec)
                 self.sampler.hold(annotator, pair)
                 self._announce(annotator, pair)

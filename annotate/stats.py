@@ -15,15 +15,17 @@ def store_stats(store: str) -> dict[str, pd.DataFrame | dict]:
     """Counts of a store: totals, votes by choice, by annotator (x choice), by source (appearances, wins, losses)."""
     import pyarrow.compute as pc
 
-    from annotate.store import effective_table, read_table
+    from annotate.store import effective_table, snapshot
 
-    table = read_table(store)
+    table, info = snapshot(store, live=True)
     cols = ["comparison_id", "prompt_id", "choice", "annotator", "source_a", "source_b", "retracts", "flag"]
     all_votes = table.select(cols).to_pandas()
     votes = effective_table(table.select(cols)).to_pandas()
     n_retractions = int(pc.sum(pc.is_valid(table.column("retracts"))).as_py() or 0)
     totals = {
+        "table version": info["version"],
         "records": table.num_rows,
+        "not yet sealed": info["unsealed"],
         "standing votes": len(votes),
         "retractions": n_retractions,
         "retracted votes": len(all_votes) - n_retractions - len(votes),
@@ -94,16 +96,16 @@ def main_stats(args: argparse.Namespace) -> int:
 
 def add_compact_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, type=Path, help="store directory (local)")
+    parser.add_argument("--no-vacuum", action="store_true", help="keep the files a compaction replaced")
 
 
 def main_compact(args: argparse.Namespace) -> int:
-    from annotate.store import ComparisonStore
+    from annotate.store import ComparisonStore, prepare
 
-    root = Path(args.store)
-    if not (root / "wal").is_dir():
-        raise FileNotFoundError(f"{root}: not a comparison store (no wal/ folder)")
-    before = len(list(root.glob("part-*.parquet"))) + len(list((root / "wal").glob("seg-*.jsonl")))
-    out = ComparisonStore(root).compact()
-    after = len(list(root.glob("part-*.parquet"))) + len(list((root / "wal").glob("seg-*.jsonl")))
-    print(f"{root}: {before} files -> {after} ({out.name if out else 'empty store'})")
+    prepare(args.store, create=False)  # a missing folder or one that is not a store: exit 2, nothing created
+    s = ComparisonStore(args.store).compact(vacuum=not args.no_vacuum)
+    print(
+        f"{args.store}: sealed {s['sealed_orphans']} records of dead writers; {s['files_before']} data files -> "
+        f"{s['files_after']}; {s['vacuumed']} replaced files deleted; now at version {s['version']}"
+    )
     return 0

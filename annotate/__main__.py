@@ -1,7 +1,10 @@
 """`python -m annotate COMMAND ...`: each command lives in its own module, imported only when it runs.
 
 A command module exposes `add_arguments(parser)` and `main(args) -> int`; heavy imports stay inside `main`
-so `--help` is instant. Bad input raises SchemaError (naming file, row and field): exit code 2.
+so `--help` is instant. Bad input raises SchemaError (naming file, line or row, and field): exit code 2. So does
+every other expected failure (see EXPECTED): a path that is missing, a folder, under a file or not readable, text
+that is not valid Unicode, input nested too deeply. They end as one `error: ...` line, never a traceback; anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,12 +15,24 @@ import sys
 
 from annotate.schema import SchemaError
 
+# Failures that bad input or a bad path can cause (their messages name the path): exit 2, one line, no traceback.
+EXPECTED = (
+    SchemaError,  # includes annotate.store.StoreError
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    UnicodeError,
+)
+
 # command -> (module, one-line help)
 COMMANDS = {
     "import": ("annotate.importers", "import HH-RLHF, TRL preference data or a candidate pool into a store"),
     "export": ("annotate.export", "export a store as TRL preference data (Parquet or JSONL)"),
     "stats": ("annotate.stats", "counts by choice, annotator and source"),
-    "compact": ("annotate.stats", "merge a store's small files into one, atomically"),
+    "compact": ("annotate.stats", "seal dead writers' votes, merge the table's small files, drop replaced ones"),
+    "fsck": ("annotate.fsck", "check a store (torn tails, orphan segments, foreign files, duplicates); --repair"),
     "generate": ("rlhf.generate", "sample candidate responses from a model into a pool"),
     "add-user": ("annotate.users", "add or update an annotator in a users file"),
     "remove-user": ("annotate.users", "remove an annotator from a users file (ends their sessions)"),
@@ -61,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         run = args._run
     try:
         return int(run(args) or 0)
-    except (SchemaError, FileNotFoundError) as e:
+    except EXPECTED as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        # Readers name the line of JSON nested too deeply; this is the fallback for any other such input.
+        print("error: the input is nested too deeply to process", file=sys.stderr)
         return 2
 
 

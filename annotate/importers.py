@@ -7,11 +7,22 @@
 - trl:  TRL preference data (prompt/chosen/rejected, plain strings or conversational; or the implicit-prompt form
         with chosen/rejected as whole conversations) from JSONL(.gz), Parquet or a `datasets.save_to_disk` folder.
 - pool: a candidate pool (JSONL, CSV or Parquet, see annotate.pool) is validated and copied as Parquet into
-        DIR/pool/pool-<content hash>.parquet, next to the store's comparisons; the app can serve it from there.
+        the store's pool folder (annotate.store.pool_dir) as pool-<content hash>.parquet; the audit reads gold
+        pairs from there.
 
-Everything is read and validated before anything is written, and the comparisons land as one atomic Parquet
-part: on bad input the store is left exactly as it was. Ids are derived from content, so a re-import of the
-same file adds nothing, and the same response to the same prompt gets the same id across files.
+Everything is read and validated before anything is written, and the comparisons land as one atomic batch
+(ComparisonStore.add_new, under the store's lock): on bad input the store is left exactly as it was, and imports
+running at the same time never write a comparison twice. A file without records is an error unless --allow-empty.
+
+Ids are derived from content, never from where a record sits in the file:
+- comparison_id = hash of (format, annotator, prompt, chosen, rejected). Blank lines, reordering, a repeated line or
+  the file appended to itself therefore add nothing on re-import. The annotator is part of the vote's identity: the
+  same pair judged by another annotator is another vote, so importing a file again under a different --annotator
+  adds its votes again. The trl default annotator is trl:<file name>, so a renamed copy of a file counts as another
+  annotator unless --annotator is given. --source (the model recorded for the responses) is not part of it: it
+  describes the responses, not the judgement, and the first import's value is kept.
+- Records repeated within one file are one vote: they are imported once and reported with their lines.
+- prompt_id/response_id: the same response to the same prompt gets the same id across files.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from annotate.pool import iter_jsonl, read_pool
+from annotate.pool import iter_jsonl, iter_parquet, read_pool
 from annotate.schema import SchemaError, as_messages, check_messages, new_comparison
 
 ASSISTANT = "\n\nAssistant:"
@@ -76,7 +87,15 @@ def split_hh(row: dict) -> tuple[list[dict[str, str]], str, str] | None:
     for i, m in enumerate(prompt):
         if not m["content"]:
             raise SchemaError(f"field 'chosen': prompt turn {i + 1} ({m['role']}) is empty")
-    return prompt, row["chosen"][ic + len(ASSISTANT) :].strip(), row["rejected"][ir + len(ASSISTANT) :].strip()
+    chosen, rejected = row["chosen"][ic + len(ASSISTANT) :].strip(), row["rejected"][ir + len(ASSISTANT) :].strip()
+    _check_distinct(chosen, rejected)
+    return prompt, chosen, rejected
+
+
+def _check_distinct(chosen: str, rejected: str) -> None:
+    # Both replies would get one response id: a response compared with itself says nothing about preference.
+    if chosen == rejected:
+        raise SchemaError("field 'rejected': identical to 'chosen' (a response compared with itself)")
 
 
 def read_hh(path: Path, *, strict: bool = False) -> tuple[list[tuple[str, list, str, str]], list[int]]:
@@ -112,18 +131,8 @@ def _trl_rows(path: Path) -> Iterator[tuple[str, dict]]:
             for i, row in enumerate(d):
                 yield (f"split {split} row {i + 1}" if split else f"row {i + 1}"), row
     elif path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise SchemaError(f"{path}: not a readable Parquet file ({e})") from None
-        n = 0
-        for batch in pf.iter_batches(batch_size=4096):
-            for row in batch.to_pylist():
-                n += 1
-                yield f"row {n}", row
+        for n, row in iter_parquet(path):
+            yield f"row {n}", row
     elif path.suffix == ".jsonl" or "".join(path.suffixes[-2:]) == ".jsonl.gz":
         for n, row in iter_jsonl(path):
             yield f"line {n}", row
@@ -163,6 +172,7 @@ def split_trl(row: dict) -> tuple[list[dict[str, str]], str, str]:
         prompt = pre_c
     elif pre_c is not None or pre_r is not None:
         raise SchemaError("field 'chosen': has several messages that are not the prompt")
+    _check_distinct(chosen, rejected)
     return prompt, chosen, rejected
 
 
@@ -179,16 +189,43 @@ def read_trl(path: Path) -> list[tuple[str, list, str, str]]:
 
 
 # -- into the store --------------------------------------------------------------------------------------------
+def _content_key(prompt: list[dict[str, str]], chosen: str, rejected: str) -> str:
+    return hashlib.sha1(json.dumps([prompt, chosen, rejected], ensure_ascii=False).encode()).hexdigest()
+
+
+def comparison_id_for(fmt: str, annotator: str, prompt: list[dict[str, str]], chosen: str, rejected: str) -> str:
+    """The id of one imported vote: its content and who gave it, never its place in the file (see module doc)."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{fmt}\0{annotator}\0{_content_key(prompt, chosen, rejected)}"))
+
+
+def drop_duplicates(pairs: list) -> tuple[list, list[str]]:
+    """(pairs with each (prompt, chosen, rejected) once, first occurrence kept; the places of the repeats)."""
+    seen: set[str] = set()
+    out, repeats = [], []
+    for pair in pairs:
+        key = _content_key(*pair[1:])
+        if key in seen:
+            repeats.append(pair[0])
+        else:
+            seen.add(key)
+            out.append(pair)
+    return out, repeats
+
+
 def to_comparisons(pairs: list, *, path: Path, fmt: str, annotator: str, source: str) -> list[dict]:
-    """(where, prompt, chosen, rejected) -> validated comparison records (chosen is response_a, choice 'a')."""
+    """(where, prompt, chosen, rejected) -> validated comparison records (chosen is response_a, choice 'a').
+    A repeated pair yields one record (the same vote: same id)."""
     now, session = datetime.now(UTC), f"import:{fmt}:{path.name}"
-    records = []
+    records, ids = [], set()
     for where, prompt, chosen, rejected in pairs:
+        cid = comparison_id_for(fmt, annotator, prompt, chosen, rejected)
+        if cid in ids:
+            continue
+        ids.add(cid)
         pid = prompt_id_for(prompt)
-        digest = hashlib.sha1(json.dumps([prompt, chosen, rejected], ensure_ascii=False).encode()).hexdigest()
         try:
             rec = new_comparison(
-                comparison_id=str(uuid.uuid5(_ID_NAMESPACE, f"{fmt}\0{where}\0{digest}")),
+                comparison_id=cid,
                 prompt_id=pid,
                 prompt=prompt,
                 response_a_id=response_id_for(pid, chosen),
@@ -208,18 +245,22 @@ def to_comparisons(pairs: list, *, path: Path, fmt: str, annotator: str, source:
     return records
 
 
-def import_pool(src: Path, store_dir: Path) -> Path:
-    """Validate a pool and copy it to store_dir/pool/pool-<hash>.parquet (atomic; same content, same file)."""
+def import_pool(src: Path, store_dir: Path, *, allow_empty: bool = False) -> Path | None:
+    """Validate a pool and copy it into the store's pool folder as pool-<hash>.parquet (atomic; same content, same
+    file). None when the pool has no rows (only with `allow_empty`): there is nothing to copy."""
     import pyarrow.parquet as pq
 
-    from annotate.store import write_parquet_atomic
+    from annotate.store import ComparisonStore, pool_dir, write_parquet_atomic
 
-    table = read_pool(src)
+    table = read_pool(src, allow_empty=allow_empty)
+    if table.num_rows == 0:
+        return None
+    ComparisonStore(store_dir)  # make the folder a store, so later imports of comparisons accept it
     digest = hashlib.sha1(json.dumps(table.to_pylist(), ensure_ascii=False).encode()).hexdigest()[:16]
-    out = store_dir / "pool" / f"pool-{digest}.parquet"
+    out = pool_dir(store_dir) / f"pool-{digest}.parquet"
     if out.exists() and pq.read_table(out).equals(table):
         return out
-    return write_parquet_atomic(store_dir / "pool", table, out.name)
+    return write_parquet_atomic(out.parent, table, out.name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,21 +269,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--format",
         required=True,
         choices=("hh", "trl", "pool"),
-        help="what SRC holds (a pool is copied into DIR/pool/)",
+        help="what SRC holds (a pool is copied into the store's pool folder)",
     )
     parser.add_argument("--store", required=True, type=Path, help="store directory (created if missing)")
-    parser.add_argument("--annotator", default=None, help="annotator id to record (default: hh-rlhf / trl:<name>)")
+    parser.add_argument(
+        "--annotator",
+        default=None,
+        help="annotator id to record (default: hh-rlhf / trl:<name>); part of each vote's id, see the module doc",
+    )
     parser.add_argument("--source", default=None, help="source (model) to record for both responses")
     parser.add_argument("--strict", action="store_true", help="hh: fail on records whose prompts differ")
+    parser.add_argument("--allow-empty", action="store_true", help="a SRC without records is not an error")
+
+
+def _places(wheres: list[str], limit: int = 20) -> str:
+    """['line 3', 'line 7'] -> 'lines 3, 7' (the first `limit`; 'lines' even for one, as the callers' messages
+    read 'lines ...'); mixed places are listed as they are."""
+    shown = wheres[:limit]
+    more = " ..." if len(wheres) > limit else ""
+    units = {w.split(" ", 1)[0] for w in shown}
+    if len(units) == 1 and all(w.count(" ") == 1 for w in shown):
+        unit = units.pop()
+        return f"{unit}s " + ", ".join(w.split(" ", 1)[1] for w in shown) + more
+    return ", ".join(shown) + more
+
+
+def check_store_dir(store_dir: Path) -> None:
+    """Refuse at once (before reading SRC) a --store that is a file or lies under one. A folder that exists but is
+    not a store is refused by the store itself when it is opened, still before anything is written (checking that
+    here would race with a concurrent import that is creating the store)."""
+    from annotate.store import StoreError
+
+    if store_dir.exists() and not store_dir.is_dir():
+        raise StoreError(f"{store_dir}: is a file, not a store folder")
+    for parent in store_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise StoreError(f"{store_dir}: cannot create a store there, {parent} is a file")
+            break
 
 
 def main(args: argparse.Namespace) -> int:
     src, store_dir = Path(args.src), Path(args.store)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder")
+    check_store_dir(store_dir)
     if args.format == "pool":
-        out = import_pool(src, store_dir)
-        print(f"pool {src} -> {out}")
+        out = import_pool(src, store_dir, allow_empty=args.allow_empty)
+        print(f"pool {src} -> {out}" if out else f"pool {src}: no records, nothing imported")
         return 0
     if args.format == "hh":
         pairs, skipped = read_hh(src, strict=args.strict)
@@ -250,25 +324,25 @@ def main(args: argparse.Namespace) -> int:
     else:
         pairs, skipped = read_trl(src), []
         default_who = f"trl:{src.name.split('.')[0]}"
-    records = to_comparisons(
-        pairs, path=src, fmt=args.format, annotator=args.annotator or default_who, source=args.source or default_who
-    )
     if skipped:
-        lines = ", ".join(map(str, skipped[:20])) + (" ..." if len(skipped) > 20 else "")
-        msg = f"warning: skipped {len(skipped)} records whose chosen/rejected prompts differ (lines {lines})"
-        print(msg, file=sys.stderr)
+        msg = f"warning: skipped {len(skipped)} records whose chosen/rejected prompts differ"
+        print(f"{msg} ({_places([f'line {n}' for n in skipped])})", file=sys.stderr)
+    if not pairs and not args.allow_empty:
+        why = f" ({len(skipped)} skipped, see above)" if skipped else ""
+        raise SchemaError(f"{src}: no records to import{why}; --allow-empty accepts that")
+    pairs, repeats = drop_duplicates(pairs)
+    if repeats:
+        print(f"{len(repeats)} duplicate records in {src} ({_places(repeats)}) imported once", file=sys.stderr)
+    who = args.annotator or default_who
+    records = to_comparisons(pairs, path=src, fmt=args.format, annotator=who, source=args.source or default_who)
     _write(records, store_dir, src)
     return 0
 
 
 def _write(records: list[dict], store_dir: Path, src: Path) -> None:
-    from annotate.store import ComparisonStore, read_table
+    from annotate.store import ComparisonStore
 
-    if store_dir.exists() and (store_dir / "wal").exists():
-        have = set(read_table(str(store_dir)).column("comparison_id").to_pylist())
-        new = [r for r in records if r["comparison_id"] not in have]
-    else:
-        new = records
-    if new:
-        ComparisonStore(store_dir).write_batch(new, name_hint="import")
-    print(f"imported {len(new)} comparisons from {src} into {store_dir} ({len(records) - len(new)} already there)")
+    # add_new checks for ids already there and writes under one store-wide lock: concurrent imports cannot both
+    # write a record, and the batch lands whole or not at all.
+    written, there = ComparisonStore(store_dir).add_new(records)
+    print(f"imported {len(written)} comparisons from {src} into {store_dir} ({there} already there)")

@@ -129,6 +129,7 @@ def test_export_stats_compact_commands(tmp_path, capsys):
     ids = [store.append(vote(f"p{i}", c, "u1")) for i, c in enumerate(["a", "a", "tie"])]
     ids.append(store.append(vote("p3", "b", "u2")))
     store.append(vote("p2", "skip", "u1", retracts=ids[2]))  # undo of u1's tie
+    store.close()
     assert main(["stats", "--store", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert re.search(r"standing votes\s*│\s*3\b", out) and re.search(r"retractions\s*│\s*1\b", out)
@@ -136,7 +137,9 @@ def test_export_stats_compact_commands(tmp_path, capsys):
     assert re.search(r"m1\s*│\s*3\s*│\s*2\s*│\s*1\b", out)  # m1: in 3 votes, won 2, lost 1
     before = sorted(read_table(str(tmp_path / "s")).column("comparison_id").to_pylist())
     assert main(["compact", "--store", str(tmp_path / "s")]) == 0
-    assert len(list((tmp_path / "s").glob("part-*.parquet"))) == 1
+    from deltalake import DeltaTable  # the store is a Delta table: any engine reads it
+
+    assert len(DeltaTable(str(tmp_path / "s")).file_uris()) == 1
     assert sorted(read_table(str(tmp_path / "s")).column("comparison_id").to_pylist()) == before
     assert main(["export", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "p.jsonl")]) == 0
     rows = [json.loads(line) for line in open(tmp_path / "p.jsonl")]
@@ -147,3 +150,33 @@ def test_export_stats_compact_commands(tmp_path, capsys):
 def test_help(command):
     r = subprocess.run([sys.executable, "-m", "annotate", command, "--help"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "--store" in r.stdout and "usage" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        IsADirectoryError(21, "Is a directory", "/some/path"),
+        NotADirectoryError(20, "Not a directory", "/some/file/x"),
+        PermissionError(13, "Permission denied", "/some/path"),
+        UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+        RecursionError("maximum recursion depth exceeded"),
+    ],
+)
+def test_expected_failures_exit_2_with_one_error_line(exc, monkeypatch, capsys):
+    import annotate.importers
+
+    def fail(args):
+        raise exc
+
+    monkeypatch.setattr(annotate.importers, "main", fail)
+    assert main(["import", "x.jsonl", "--format", "trl", "--store", "S"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_bug_still_shows_its_traceback(monkeypatch):
+    import annotate.importers
+
+    monkeypatch.setattr(annotate.importers, "main", lambda args: {}["missing"])
+    with pytest.raises(KeyError):
+        main(["import", "x.jsonl", "--format", "trl", "--store", "S"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,11 +16,13 @@ import pytest
 from annotate.importers import main, parse_hh_dialogue
 from annotate.pool import read_pool
 from annotate.schema import SchemaError
-from annotate.store import read_table
+from annotate.store import pool_dir, read_table
+
+HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless-sample.jsonl.gz"
 
 
 def run(src: Path, fmt: str, store: Path, **kw) -> int:
-    ns = dict(src=src, format=fmt, store=store, annotator=None, source=None, strict=False)
+    ns = dict(src=src, format=fmt, store=store, annotator=None, source=None, strict=False, allow_empty=False)
     return main(argparse.Namespace(**{**ns, **kw}))
 
 
@@ -153,9 +156,101 @@ def test_pool_copied_into_store_as_parquet(tmp_path, suffix):
     else:
         src = write_pool(rows, tmp_path / f"pool{suffix}")
     assert run(src, "pool", tmp_path / "S") == 0
-    files = list((tmp_path / "S" / "pool").glob("pool-*.parquet"))
+    files = list(pool_dir(tmp_path / "S").glob("pool-*.parquet"))
     assert len(files) == 1
     assert pq.read_table(files[0]).to_pylist() == read_pool(src).to_pylist()
     assert read_pool(files[0]).num_rows == 3  # the copy is itself a valid pool
     assert run(src, "pool", tmp_path / "S") == 0
-    assert list((tmp_path / "S" / "pool").glob("pool-*.parquet")) == files
+    assert list(pool_dir(tmp_path / "S").glob("pool-*.parquet")) == files
+
+
+def _trl_file(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+PREFS = [{"prompt": f"Q{i}?", "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(5)]
+
+
+EDITS = ["blank lines added", "a line duplicated", "file concatenated with itself", "reordered"]
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_reimport_of_an_edited_file_adds_nothing(tmp_path, capsys, edit):
+    src = _trl_file(tmp_path / "prefs.jsonl", PREFS)
+    store = tmp_path / "S"
+    assert run(src, "trl", store) == 0
+    text = src.read_text()
+    src.write_text(
+        {
+            "blank lines added": "\n" + text.replace("\n", "\n\n", 2) + "\n\n",
+            "a line duplicated": text + text.splitlines(keepends=True)[2],
+            "file concatenated with itself": text + text,
+            "reordered": "".join(reversed(text.splitlines(keepends=True))),
+        }[edit]
+    )
+    capsys.readouterr()
+    assert run(src, "trl", store) == 0
+    assert "imported 0 comparisons" in capsys.readouterr().out
+    ids = read_table(str(store)).column("comparison_id").to_pylist()
+    assert len(ids) == len(set(ids)) == len(PREFS)
+
+
+def test_duplicates_within_a_file_are_reported_and_imported_once(tmp_path, capsys):
+    rows = [PREFS[0], PREFS[1], PREFS[0], PREFS[2], PREFS[1], PREFS[0]]
+    src = _trl_file(tmp_path / "prefs.jsonl", rows)
+    assert run(src, "trl", tmp_path / "S") == 0
+    out = capsys.readouterr()
+    assert f"3 duplicate records in {src} (lines 3, 5, 6) imported once" in out.err
+    assert "imported 3 comparisons" in out.out
+    assert read_table(str(tmp_path / "S")).num_rows == 3
+    # hh too, with the default annotator: the same records in another file are the same votes
+    hh = write_jsonl(tmp_path / "hh.jsonl", [HH_ROWS[1], HH_ROWS[0], HH_ROWS[1]])
+    assert run(hh, "hh", tmp_path / "H") == 0
+    assert "1 duplicate records" in capsys.readouterr().err
+    copy = write_jsonl(tmp_path / "hh-copy.jsonl.gz", HH_ROWS[:2])
+    assert run(copy, "hh", tmp_path / "H") == 0
+    assert "imported 0 comparisons" in capsys.readouterr().out
+
+
+def test_the_annotator_is_part_of_a_votes_identity_the_source_is_not(tmp_path, capsys):
+    src = _trl_file(tmp_path / "prefs.jsonl", PREFS)
+    store = tmp_path / "S"
+    assert run(src, "trl", store, annotator="alice") == 0
+    assert run(src, "trl", store, annotator="alice", source="gpt-x") == 0  # same votes, other model label
+    assert read_table(str(store)).num_rows == len(PREFS)
+    assert run(src, "trl", store, annotator="bob") == 0  # bob's votes on the same pairs are other votes
+    rows = read_table(str(store)).to_pylist()
+    assert len(rows) == 2 * len(PREFS) and {r["annotator"] for r in rows} == {"alice", "bob"}
+    assert {r["source_a"] for r in rows} == {"trl:prefs"}  # the first import's value is kept
+
+
+def test_concurrent_imports_of_one_file_write_each_comparison_once(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    rows = [{"prompt": f"Q{i}?", "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(300)]
+    src = _trl_file(tmp_path / "prefs.jsonl", rows)
+    cmd = [sys.executable, "-m", "annotate", "import", str(src), "--format", "trl", "--store", str(tmp_path / "S")]
+    pipe = subprocess.PIPE
+    procs = [subprocess.Popen(cmd, cwd=repo, stdout=pipe, stderr=pipe, text=True) for _ in range(4)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in results]
+    written = sorted(int(re.search(r"imported (\d+) comparisons", out).group(1)) for out, _ in results)
+    assert written == [0, 0, 0, len(rows)]  # exactly one import wrote, the others found everything there
+    ids = read_table(str(tmp_path / "S")).column("comparison_id").to_pylist()
+    assert len(ids) == len(set(ids)) == len(rows)
+
+
+@pytest.mark.skipif(not HH.exists(), reason="needs ../shared/data (not part of a user's clone)")
+def test_real_hh_file_reimported_doubled_adds_nothing(tmp_path, capsys):
+    assert run(HH, "hh", tmp_path / "S") == 0
+    n = read_table(str(tmp_path / "S")).num_rows
+    doubled = tmp_path / HH.name
+    doubled.write_bytes(gzip.compress(gzip.decompress(HH.read_bytes()) * 2))
+    capsys.readouterr()
+    assert run(doubled, "hh", tmp_path / "S") == 0
+    out = capsys.readouterr()
+    assert "imported 0 comparisons" in out.out and f"{n} duplicate records" in out.err
+    assert read_table(str(tmp_path / "S")).num_rows == n

@@ -37,3 +37,45 @@ def test_oversize_text_refused_naming_line_and_field(tmp_path, records, field):
     path = write(tmp_path / "pool.jsonl", records)
     with pytest.raises(SchemaError, match=rf"pool.jsonl: line 1: field '{field}': 100,001 characters, over the limit"):
         read_pool(path)
+
+
+def test_csv_lines_are_physical_lines(tmp_path):
+    from annotate.pool import iter_csv
+
+    path = tmp_path / "p.csv"
+    path.write_bytes(b'a,b\r\n\r\n1,"x\r\ny\r\nz"\r\n,\r\n2,w\r\n')
+    assert list(iter_csv(path)) == [(3, {"a": "1", "b": "x\r\ny\r\nz"}), (7, {"a": "2", "b": "w"})]
+    path.write_bytes(b"a,b\n1,2,3\n")
+    with pytest.raises(SchemaError, match=r"p.csv: line 2: 3 fields, but the header has 2"):
+        list(iter_csv(path))
+
+
+def test_prompts_file_with_bom_crlf_and_a_bad_byte(tmp_path):
+    from annotate.pool import read_prompts
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(b"\xef\xbb\xbfFirst?\r\n\r\nSecond?\r\n")
+    assert [p["prompt"][0]["content"] for p in read_prompts(path)] == ["First?", "Second?"]
+    path.write_bytes(b"First?\r\n" * 5000 + b"caf\xe9?\r\n")
+    with pytest.raises(SchemaError, match=r"prompts.txt: line 5001: not UTF-8 text"):
+        read_prompts(path)
+
+
+def test_parquet_text_that_is_not_utf8_names_row_and_field(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = [f"Hello {i}" for i in range(5)]
+    data = "".join(good).encode()
+    offsets = [0]
+    for s in good:
+        offsets.append(offsets[-1] + len(s))
+    raw = bytearray(data)
+    raw[offsets[3]] = 0xFF  # row 4's first byte: Arrow does not validate, so the file is written as is
+    response = pa.Array.from_buffers(pa.string(), 5, [None, pa.py_buffer(pa.array(offsets, pa.int32()).buffers()[1]),
+                                                      pa.py_buffer(bytes(raw))])  # fmt: skip
+    table = pa.table({"prompt_id": ["p"] * 5, "prompt": ["Hi"] * 5, "response_id": [f"r{i}" for i in range(5)],
+                      "response": response, "source": ["m"] * 5})  # fmt: skip
+    pq.write_table(table, tmp_path / "pool.parquet")
+    with pytest.raises(SchemaError, match=r"pool.parquet: row 4: field 'response': not UTF-8 text"):
+        read_pool(tmp_path / "pool.parquet")

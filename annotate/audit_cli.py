@@ -8,6 +8,7 @@ from `--pool` (responses with a numeric `gold_score` in meta), or from pools imp
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -47,15 +48,20 @@ def main(args: argparse.Namespace) -> int:
     from annotate.audit import run_audit
     from annotate.audit_report import findings, write_html, write_json
     from annotate.schema import SchemaError
-    from annotate.store import read_table
+    from annotate.store import snapshot
 
     if args.n_boot < 0:
         raise SchemaError(f"--n-boot: must be >= 0, got {args.n_boot}")
-    table = read_table(str(args.store))
+    table, info = snapshot(str(args.store))  # a sealed version: the audit can be re-run on exactly these votes
+    print(f"store {info['store']}@{info['version']}: {info['rows']} records", file=sys.stderr)
+    if info["unsealed"]:
+        print(f"note: {info['unsealed']} newer votes of a running app are not sealed yet and not included",
+              file=sys.stderr)  # fmt: skip
     if table.num_rows == 0:
         raise SchemaError(f"{args.store}: the store holds no comparisons to audit")
     audit = run_audit(table, _gold(args.pool, str(args.store)), n_boot=args.n_boot, seed=args.seed,
                       length_unit=args.length_unit)  # fmt: skip
+    audit["store"] = {k: info[k] for k in ("store", "version", "rows")}
     for line in findings(audit):
         print(f"- {line}")
     if args.report:

@@ -271,6 +271,18 @@ def _committed(dt, app_id: str) -> bool:
     return dt.transaction_version(app_id) is not None
 
 
+def _table_exists(root: Path) -> bool:
+    log = root / "_delta_log"
+    return log.is_dir() and any(p.suffix == ".json" or p.name == "_last_checkpoint" for p in log.iterdir())
+
+
+def _refuse_foreign(root: Path) -> None:
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in (META, "_delta_log"))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise StoreError(f"{root}: not empty and not a store ({shown}); choose a new or empty folder")
+
+
 def prepare(root: str | os.PathLike, *, create: bool) -> Path:
     """Check that `root` is a store (migrating one of the old format), or create it. Raises StoreError."""
     root = Path(root)
@@ -279,18 +291,17 @@ def prepare(root: str | os.PathLike, *, create: bool) -> Path:
     if not root.exists():
         if not create:
             raise FileNotFoundError(f"{root}: no store here")
-        root.mkdir(parents=True)
+        root.mkdir(parents=True, exist_ok=True)  # several processes may create one store at once
     if _is_legacy(root):
         _migrate(root)
-    if not (root / "_delta_log").is_dir():
+    if not _table_exists(root):
         if not create:
-            raise StoreError(f"{root}: not a comparison store (no _delta_log/ folder)")
-        foreign = sorted(p.name for p in root.iterdir() if p.name != META)
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
-            raise StoreError(f"{root}: not empty and not a store ({shown}); choose a new or empty folder")
+            raise StoreError(f"{root}: not a comparison store (no Delta table: _delta_log/)")
+        _refuse_foreign(root)  # before the lock, whose file would be the first thing written into the folder
+        # Under the lock: a table another process is creating right now is complete once we hold it.
         with _store_lock(root, exclusive=True):
-            if not (root / "_delta_log").is_dir():  # another process may have created it meanwhile
+            if not _table_exists(root):
+                _refuse_foreign(root)
                 _delta().DeltaTable.create(str(root), schema=COMPARISON_SCHEMA, configuration=TABLE_CONFIG)
     _check_table(root, _load(root))
     wal_dir(root).mkdir(parents=True, exist_ok=True)
@@ -643,20 +654,38 @@ def snapshot(spec: str | os.PathLike, *, live: bool = False) -> tuple[pa.Table, 
     return table, info
 
 
+def pin_version(spec: str | os.PathLike) -> str:
+    """A local store named without a version -> 'DIR@V', its latest sealed version (dead writers' segments sealed
+    first); anything else comes back unchanged. A training run records this, so "which votes was this model
+    trained on?" has an answer that reads the same rows again."""
+    root, version = parse_store_spec(spec)
+    if version is not None or "://" in root or not is_store(root):
+        return str(spec)
+    _, info = snapshot(root)
+    if info["unsealed"]:
+        _warn(f"{root}: {info['unsealed']} votes of a running app are not sealed yet and not in version "
+              f"{info['version']}; they are sealed within seconds of a lull")  # fmt: skip
+    return f"{root}@{info['version']}"
+
+
 def read_table(spec: str | os.PathLike) -> pa.Table:
     """Every current comparison of a store: sealed ones and those still in live writers' segments. 'DIR@VERSION'
     reads exactly that sealed version."""
     return snapshot(spec, live=parse_store_spec(spec)[1] is None)[0]
 
 
-def effective_table(table: pa.Table) -> pa.Table:
-    """Votes that stand, as Arrow (vectorised): retraction records and the votes they retract are both removed."""
+def standing_mask(table: pa.Table) -> pa.ChunkedArray:
+    """True for the votes that stand: not a retraction record, and not retracted by one."""
     import pyarrow.compute as pc
 
     retracts = table.column("retracts")
     retracted = pc.unique(pc.drop_null(retracts))
-    keep = pc.and_(pc.is_null(retracts), pc.invert(pc.is_in(table.column("comparison_id"), value_set=retracted)))
-    return table.filter(keep)
+    return pc.and_(pc.is_null(retracts), pc.invert(pc.is_in(table.column("comparison_id"), value_set=retracted)))
+
+
+def effective_table(table: pa.Table) -> pa.Table:
+    """Votes that stand, as Arrow (vectorised): retraction records and the votes they retract are both removed."""
+    return table.filter(standing_mask(table))
 
 
 def effective_votes(table: pa.Table) -> pd.DataFrame:
@@ -681,7 +710,33 @@ def _legacy_read(old: Path) -> pa.Table:
     if not tables:
         return COMPARISON_SCHEMA.empty_table()
     table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
-    return table.replace_schema_metadata(COMPARISON_SCHEMA.metadata)
+    return _reid_imports(table).replace_schema_metadata(COMPARISON_SCHEMA.metadata)
+
+
+def _reid_imports(table: pa.Table) -> pa.Table:
+    """Imported records of the old format have ids built from their line number; give them the content-derived id
+    an import gives them now, so re-importing the same file after the migration adds nothing. Nothing refers to an
+    imported record's id (imports are never retracted), and the old files stay in the backup."""
+    from annotate.importers import comparison_id_for
+
+    sessions = table.column("session").to_pylist()
+    if not any(s and s.startswith("import:") for s in sessions):
+        return table
+    ids = table.column("comparison_id").to_pylist()
+    for i, row in enumerate(table.select(["prompt", "response_a", "response_b", "annotator", "choice"]).to_pylist()):
+        session = sessions[i] or ""
+        if session.startswith("import:") and row["choice"] == "a":  # imports store chosen as a, choice "a"
+            fmt = session.split(":")[1]
+            ids[i] = comparison_id_for(fmt, row["annotator"], row["prompt"], row["response_a"], row["response_b"])
+    table = table.set_column(0, "comparison_id", pa.array(ids, pa.string()))
+    # The same file imported twice with lines shifted held one vote under two ids: now one id, kept once.
+    first: dict[str, int] = {}
+    for i, cid in enumerate(ids):
+        first.setdefault(cid, i)
+    if len(first) < len(ids):
+        _warn(f"migration: {len(ids) - len(first)} repeated imported records kept once")
+        table = table.take(sorted(first.values()))
+    return table
 
 
 def _migrate(root: Path) -> None:

@@ -132,6 +132,13 @@ def start_run(cfg: BaseConfig) -> Path:
         raise SystemExit("error: --data is required (a preference export or a store directory)")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from annotate.store import pin_version
+
+    # A store given as data is pinned to its current version before the config is written: config.yaml then says
+    # exactly which votes this run trained (and evaluated) on, and the run reads exactly those.
+    for name in ("data", "eval_data"):
+        if getattr(cfg, name, None):
+            setattr(cfg, name, pin_version(getattr(cfg, name)))
     if is_main_process():
         save_config(cfg, out / "config.yaml")
         (out / "metrics.jsonl").write_text("")

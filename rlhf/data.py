@@ -78,31 +78,43 @@ def _read_parquet(path: Path) -> list[dict]:
     return [_check_row(r, f"{path}: row {i}") for i, r in enumerate(table.to_pylist())]
 
 
-def _read_store(path: Path) -> list[dict]:
-    """A comparison store directory: votes aggregated into pairs by the export's own functions (one place)."""
+def _read_store(path: str) -> list[dict]:
+    """A comparison store ('DIR' or 'DIR@VERSION'): votes aggregated into pairs by the export's own functions."""
     from annotate.export import aggregate, usable_votes
-    from annotate.store import read_table
+    from annotate.store import snapshot
 
-    pairs, counts = aggregate(usable_votes(read_table(str(path))))
-    print(f"[data] {path}: {pairs.num_rows} pairs with a majority ({counts['no_majority']} without, dropped)")
+    table, info = snapshot(path)
+    pairs, counts = aggregate(usable_votes(table))
+    print(f"[data] {info['store']}@{info['version']}: {info['rows']} records -> {pairs.num_rows} pairs with a "
+          f"majority ({counts['no_majority']} without, dropped)")  # fmt: skip
     return [_check_row(r, f"{path}: pair {i}") for i, r in enumerate(pairs.to_pylist())]
 
 
 def load_preferences(path: str | Path) -> Dataset:
     """Read an export (.parquet, .jsonl, .jsonl.gz) or a store directory into a Dataset of preference pairs."""
-    from datasets import Dataset
 
+    from annotate.store import parse_store_spec
+
+    root, version = parse_store_spec(path)
+    if version is not None and Path(root).is_dir():
+        return _as_dataset(_read_store(str(path)), path)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no preference data at {path}")
     if path.is_dir():
-        rows = _read_store(path)
+        rows = _read_store(str(path))
     elif path.suffix == ".parquet":
         rows = _read_parquet(path)
     elif path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
         rows = _read_jsonl(path)
     else:
         raise SchemaError(f"{path}: unknown format (expected .parquet, .jsonl, .jsonl.gz or a store directory)")
+    return _as_dataset(rows, path)
+
+
+def _as_dataset(rows: list[dict], path: str | Path) -> Dataset:
+    from datasets import Dataset
+
     if not rows:
         raise SchemaError(f"{path}: no preference pairs")
     return Dataset.from_list(rows)

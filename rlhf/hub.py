@@ -141,10 +141,10 @@ def build_dataset_folder(args: argparse.Namespace, folder: Path) -> dict[str, An
     from huggingface_hub import DatasetCardData
 
     from annotate.export import aggregate, usable_votes
-    from annotate.store import effective_table, read_table
+    from annotate.store import effective_table, snapshot
     from rlhf.cards import dataset_card, size_category
 
-    raw = read_table(str(args.store))
+    raw, info = snapshot(str(args.store))  # a sealed version, named in the card: the published votes can be re-read
     votes = effective_table(raw).drop_columns(["retracts"])  # standing votes: retracts is null in every row
     if votes.num_rows == 0:
         raise SchemaError(f"{args.store}: no standing comparisons to publish")
@@ -159,6 +159,7 @@ def build_dataset_folder(args: argparse.Namespace, folder: Path) -> dict[str, An
     write_shards(prefs, folder, "preferences", "train", args.shard_rows)
     per_annotator = pc.value_counts(votes.column("annotator")).to_pylist()
     counts = {
+        "store table version": info["version"],
         "records in the store": raw.num_rows,
         "standing votes (comparisons)": votes.num_rows,
         "retracted votes and retractions": raw.num_rows - votes.num_rows,

@@ -75,7 +75,10 @@ def test_cli_writes_html_and_json_matching_library(tmp_path):
     assert "Annotators chose the longer response" in proc.stdout
 
     data = json.loads(json_path.read_text())
-    expected = to_jsonable(run_audit(read_table(str(store)), gold_from_pool(read_pool(pool)), n_boot=200))
+    # The report names the store version it read, so the audit can be re-run on exactly those votes.
+    assert data.pop("store") == {"store": str(store), "version": 1, "rows": 120}
+    assert f"store {store}@1: 120 records" in proc.stderr
+    expected = to_jsonable(run_audit(read_table(f"{store}@1"), gold_from_pool(read_pool(pool)), n_boot=200))
     _assert_same(data, expected)
     assert data["summary"]["votes"] == 120 and data["summary"]["gold_votes"] == 30
     assert data["annotators"]["ann-a"]["gold"]["n"] == 10

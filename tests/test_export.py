@@ -5,10 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
 from collections import defaultdict
 from pathlib import Path
 
-import fsspec
 import pyarrow.parquet as pq
 import pytest
 
@@ -123,10 +123,9 @@ def test_min_agreement_raw_and_split_by_prompt(voted_store, tmp_path):
     assert len(p_test) == round(0.2 * len(p_train | p_test))
 
 
-def test_export_from_fsspec_memory_url(voted_store, tmp_path):
+def test_export_from_a_store_url(voted_store, tmp_path):
     root, _ = voted_store
-    fsspec.filesystem("memory").put(str(root), "/export-test-store", recursive=True)
-    export("memory://export-test-store", tmp_path / "m.parquet")
+    export(f"file://{root}", tmp_path / "m.parquet")
     export(str(root), tmp_path / "l.parquet")
     assert (
         pq.read_table(tmp_path / "m.parquet")
@@ -139,6 +138,7 @@ def test_store_without_usable_votes_exports_empty_files_with_the_columns(tmp_pat
     store = ComparisonStore(tmp_path / "s")
     store.append(vote(1, 0, 1, "tie", None))
     store.append(vote(1, 0, 1, "both_bad", None))
+    store.close()  # sealed: export reads sealed store versions
     s = export(str(tmp_path / "s"), tmp_path / "e.parquet", test_fraction=0.5)
     assert (s["records"], s["votes"], s["rows"]) == (2, 0, 0)
     for f in s["files"]:
@@ -153,7 +153,9 @@ def _hh_export(tmp_path) -> tuple[list[dict], Path]:
         pytest.skip("needs ../shared/data/hh-rlhf-harmless-sample.jsonl.gz")
     import argparse
 
-    ns = argparse.Namespace(src=HH, format="hh", store=tmp_path / "S", annotator=None, source=None, strict=False)
+    ns = argparse.Namespace(
+        src=HH, format="hh", store=tmp_path / "S", annotator=None, source=None, strict=False, allow_empty=False
+    )
     assert import_main(ns) == 0
     export(str(tmp_path / "S"), tmp_path / "hh.parquet")
     return [json.loads(line) for line in gzip.open(HH, "rt")], tmp_path / "hh.parquet"
@@ -221,3 +223,73 @@ def test_real_hh_export_trains_in_trl_reward_and_dpo(tmp_path, monkeypatch):
     DPOTrainer(model=policy, ref_model=ref, args=DPOConfig(output_dir=str(tmp_path / "dpo"), **common),
                train_dataset=ds, processing_class=tok).train()  # fmt: skip
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+
+
+@pytest.mark.parametrize("name", ["prefs.parquet", "prefs.jsonl"])
+def test_a_failed_write_leaves_no_partial_file_under_the_final_name(voted_store, tmp_path, monkeypatch, name):
+    import annotate.export as ex
+
+    root, _ = voted_store
+    out = tmp_path / "out" / name
+    real = ex._write_file
+
+    def dies_midway(table, f, suffix, label):  # a crash (disk full, kill) after part of the file was written
+        real(table.slice(0, table.num_rows // 2), f, suffix, label)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ex, "_write_file", dies_midway)
+    with pytest.raises(OSError, match="No space"):
+        export(str(root), out)
+    assert list(out.parent.iterdir()) == []  # neither the final name nor a temporary file
+    calls = []
+
+    def test_file_dies(table, f, suffix, label):  # the train file is complete, the test file is not
+        calls.append(label)
+        (real if len(calls) == 1 else dies_midway)(table, f, suffix, label)
+
+    monkeypatch.setattr(ex, "_write_file", test_file_dies)
+    with pytest.raises(OSError, match="No space"):
+        export(str(root), out, test_fraction=0.2)
+    assert len(calls) == 2 and list(out.parent.iterdir()) == []  # no train file without its test file
+
+    monkeypatch.setattr(ex, "_write_file", real)
+    export(str(root), out)
+    previous = out.read_bytes()
+    monkeypatch.setattr(ex, "_write_file", dies_midway)
+    with pytest.raises(OSError):
+        export(str(root), out, min_agreement=0.9)
+    assert out.read_bytes() == previous and list(out.parent.iterdir()) == [out]  # the last good export stands
+
+
+def test_export_names_the_store_version_it_read_and_rereads_it(tmp_path, capsys):
+    from annotate.__main__ import main
+
+    store = ComparisonStore(tmp_path / "s")
+    store.write_batch([vote(1, 0, 1, "a", 2), vote(2, 0, 1, "b", 1)])
+    assert main(["export", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "v1.parquet")]) == 0
+    err = capsys.readouterr().err
+    m = re.search(r"store (\S+)@(\d+): 2 records, 2 usable votes -> 2 rows", err)
+    assert m and m.group(1) == str(tmp_path / "s"), err
+    store.write_batch([vote(3, 0, 1, "a", 3)])  # the store moves on
+    again = export(f"{tmp_path / 's'}@{m.group(2)}", tmp_path / "again.parquet")
+    assert (again["store_version"], again["records"], again["rows"]) == (int(m.group(2)), 2, 2)
+    assert pq.read_table(tmp_path / "again.parquet").equals(pq.read_table(tmp_path / "v1.parquet"))
+    latest = export(str(tmp_path / "s"), tmp_path / "v2.parquet")
+    assert latest["store_version"] > again["store_version"] and latest["rows"] == 3
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"seed": -1}, "--seed"),
+        ({"min_agreement": 2.0}, "--min-agreement"),
+        ({"min_agreement": float("nan")}, "--min-agreement"),
+        ({"test_fraction": 1.0}, "--test-fraction"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_is_read_or_written(voted_store, tmp_path, kw, message):
+    from annotate.schema import SchemaError
+
+    with pytest.raises(SchemaError, match=message):
+        export(str(voted_store[0]), tmp_path / "o.parquet", **kw)
+    assert not (tmp_path / "o.parquet").exists()

@@ -151,3 +151,53 @@ def test_never_two_standing_votes_across_sessions(service):
     assert "already judged" in out.message
     standing = effective_table(read_table(str(store))).to_pylist()
     assert [r["comparison_id"] for r in standing] == [judged_id]
+
+
+FULL_DISK = """
+import resource, signal, sys
+sys.path.insert(0, sys.argv[2])
+from apphelpers import write_pool
+from pathlib import Path
+from annotate.pool import read_pool
+from annotate.sampler import PairSampler
+from annotate.session import AnnotationService, NotSaved, SessionState
+from annotate.store import ComparisonStore
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+root = Path(sys.argv[1])
+pool = read_pool(write_pool(root / "pool.jsonl", n_prompts=5, n_cands=3, nasty=False))
+store = ComparisonStore(root / "votes")
+svc = AnnotationService(store, PairSampler(pool, seed=0, overlap=2))
+st = SessionState()
+view = svc.next_pair(st, "ann")
+svc.vote(st, "ann", "a", token=view.token)  # opens the segment
+view = svc.next_pair(st, "ann")
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))  # the disk is full from here on
+shown = st.pair
+try:
+    svc.vote(st, "ann", "b", rationale="long " * 100, token=view.token)
+    print("saved?!")
+except NotSaved as e:
+    print("refused:", e)
+assert st.pair is shown  # the pair stays on screen, with the same token
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space freed
+svc.vote(st, "ann", "b", token=view.token)
+store.close()
+print("landed")
+"""
+
+
+def test_a_full_disk_says_not_saved_keeps_the_pair_and_the_next_try_lands(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": f"{tests.parent}{os.pathsep}{tests}"}
+    res = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path), str(tests)], capture_output=True,
+                         text=True, env=env, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "refused: Not saved" in res.stdout and "landed" in res.stdout
+    votes = read_table(str(tmp_path / "votes"))
+    assert votes.num_rows == 2 and not any("long" in r for r in votes["rationale"].to_pylist())  # the refused one

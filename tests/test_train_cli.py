@@ -118,3 +118,28 @@ def test_two_processes_train_data_parallel(tmp_path, method):
     # 4 steps x 4 pairs x 2 ranks: twice the data a single process would have seen.
     assert train_rows[-1]["epoch"] == pytest.approx(4 * 4 * 2 / pairs, rel=0.05)
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()
+
+
+def test_a_run_on_a_store_names_the_store_version_and_that_version_reads_the_same_pairs(tmp_path):
+    from annotate.__main__ import main as annotate_main
+    from annotate.schema import new_comparison
+    from annotate.store import ComparisonStore
+    from rlhf.data import load_preferences
+
+    model = save_tiny_model(tmp_path / "tiny", arithmetic_tokenizer(), layers=1, hidden=32, heads=2)
+    data, _ = write_synthetic_export(tmp_path / "data", n_prompts=12, wrong_per_prompt=1)
+    store = tmp_path / "votes"
+    assert annotate_main(["import", str(data), "--format", "trl", "--store", str(store)]) == 0
+    out = tmp_path / "run"
+    args = ["reward", "--model", model, "--data", str(store), "--output-dir", str(out), "--max-steps", "2",
+            "--device", "cpu", "--per-device-train-batch-size", "4"]  # fmt: skip
+    assert train.main(args) == 0
+    pinned = yaml.safe_load((out / "config.yaml").read_text())["data"]
+    assert pinned.startswith(f"{store}@")
+    trained_on = load_preferences(pinned).to_list()
+    late = new_comparison(prompt_id="late", prompt=[{"role": "user", "content": "1+1"}], response_a_id="a",
+                          response_a="2", response_b_id="b", response_b="3", choice="a", annotator="late")  # fmt: skip
+    with ComparisonStore(store) as s:  # later votes: a new version; the pinned one still reads the same pairs
+        s.append(late)
+    assert load_preferences(pinned).to_list() == trained_on
+    assert len(load_preferences(str(store))) == len(trained_on) + 1

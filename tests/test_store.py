@@ -379,6 +379,9 @@ def legacy_store(root: Path) -> list[str]:
     root.mkdir()
     (root / "wal").mkdir()
     recs = [record(i) for i in range(7)]
+    # The same vote imported twice by the old release, from lines 1 and 2 of a file (old ids held the line).
+    imported = [record(40, session="import:trl:prefs.jsonl", annotator="trl:prefs") for _ in range(2)]
+    recs[5:5] = imported
     t = comparisons_table(recs[:3])
     meta = {**(t.schema.metadata or {}), LEGACY_REPLACES_KEY: b"[]"}
     pq.write_table(t.replace_schema_metadata(meta), root / "part-import-aa.parquet")
@@ -389,13 +392,17 @@ def legacy_store(root: Path) -> list[str]:
     (root / "wal" / "seg-cc.jsonl").write_bytes(lines + lines[:20])  # with a torn, never acknowledged tail
     (root / "pool").mkdir()
     (root / "pool" / "pool-1.parquet").write_bytes(b"pool")
-    return [r["comparison_id"] for r in recs]
+    from annotate.importers import comparison_id_for
+
+    r = imported[0]
+    new_id = comparison_id_for("trl", r["annotator"], r["prompt"], r["response_a"], r["response_b"])
+    return [x["comparison_id"] for x in recs if x not in imported] + [new_id]
 
 
 def test_a_store_in_the_previous_format_migrates_with_every_record(tmp_path):
     ids = legacy_store(tmp_path / "old")
     assert is_store(tmp_path / "old")
-    assert sorted(ids_of(tmp_path / "old")) == sorted(ids)  # the first open migrates
+    assert sorted(ids_of(tmp_path / "old")) == sorted(ids)  # the first open migrates; imports get content ids
     root = tmp_path / "old"
     assert (root / "_delta_log").is_dir() and not (root / "wal").exists()
     assert (root / "_prefkit" / "legacy" / "MIGRATED").exists()

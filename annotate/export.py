@@ -12,7 +12,8 @@ winner - weighted votes against) / n_votes, so one "much" vote gives margin 3 an
 gives 2/3. TRL's RewardTrainer subtracts `margin` inside its loss (-log sigmoid(r_c - r_r - margin)).
 
 Everything is vectorised (Arrow + NumPy): 1M comparisons export in seconds. The train/test split is by prompt,
-so no prompt is in both.
+so no prompt is in both, and it is annotate.split's: the prompts held out here are the ones reward, DPO and PPO
+hold out of the same data with the same --seed and fraction (about, not exactly, that fraction of the prompts).
 
 The store is read through annotate.store.snapshot: the stats (and the line printed) name the store version read,
 so `--store DIR@VERSION` reads exactly the same votes again later. Files are written to a temporary name in the
@@ -154,14 +155,11 @@ def raw_rows(votes: pa.Table) -> pa.Table:
 
 
 def split_by_prompt(table: pa.Table, test_fraction: float, seed: int) -> tuple[pa.Table, pa.Table]:
-    """Shuffle the distinct prompt ids with `seed` and send round(fraction * n) of them to test."""
-    prompts = np.sort(pc.unique(table.column("prompt_id")).to_numpy(zero_copy_only=False).astype(str))
-    n_test = int(round(test_fraction * len(prompts)))
-    if test_fraction > 0 and len(prompts) > 1:
-        n_test = min(max(n_test, 1), len(prompts) - 1)  # both splits non-empty when possible
-    test_ids = np.random.default_rng(seed).permutation(prompts)[:n_test]
-    in_test = pc.is_in(table.column("prompt_id"), value_set=pa.array(test_ids, type=pa.string()))
-    return table.filter(pc.invert(in_test)), table.filter(in_test)
+    """Hold out whole prompts with the project's one split (annotate.split): a prompt's side depends only on
+    (seed, its messages), so training commands splitting the same data with the same seed and fraction agree."""
+    from annotate.split import split_table
+
+    return split_table(table, test_fraction, seed)
 
 
 def _write_file(table: pa.Table, f, suffix: str, name: str) -> None:

@@ -22,7 +22,8 @@ Ids are derived from content, never from where a record sits in the file:
   annotator unless --annotator is given. --source (the model recorded for the responses) is not part of it: it
   describes the responses, not the judgement, and the first import's value is kept.
 - Records repeated within one file are one vote: they are imported once and reported with their lines.
-- prompt_id/response_id: the same response to the same prompt gets the same id across files.
+- prompt_id/response_id: the same response to the same prompt gets the same id across files (prompt ids come from
+  annotate.schema.prompt_id_for, the one used everywhere a prompt has no id of its own).
 """
 
 from __future__ import annotations
@@ -38,15 +39,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from annotate.pool import iter_jsonl, iter_parquet, read_pool
-from annotate.schema import SchemaError, as_messages, check_messages, new_comparison
+from annotate.schema import SchemaError, as_messages, check_messages, new_comparison, prompt_id_for
 
 ASSISTANT = "\n\nAssistant:"
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 _ID_NAMESPACE = uuid.UUID("6f1c2b1e-6a43-4d0e-9a8e-2f1f4d2a7c10")  # fixed: ids must be stable across runs
-
-
-def prompt_id_for(prompt: list[dict[str, str]]) -> str:
-    return "p-" + hashlib.sha1(json.dumps(prompt, ensure_ascii=False).encode()).hexdigest()[:16]
+# prompt_id_for (imported above) is the schema's one prompt id; annotate.importers.prompt_id_for stays importable.
 
 
 def response_id_for(prompt_id: str, text: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import json
 import re
 import zlib
@@ -23,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from annotate.schema import SchemaError, as_messages, check_pool_row, pool_table
+from annotate.schema import SchemaError, as_messages, check_pool_row, pool_table, prompt_id_for
 
 # Fields are limited by the schema (MAX_POOL_TEXT), whose error names line and field; the csv module's own default
 # of 128 KiB would refuse a long field first, with a worse message, and refuse long fields the schema allows (meta).
@@ -276,12 +275,6 @@ def gold_pairs(pool: pa.Table) -> GoldMap:
     return gold
 
 
-def _prompt_id(messages: list[dict[str, str]]) -> str:
-    # Content hash: the same prompt gets the same id when the file is edited or reordered.
-    digest = hashlib.sha1(json.dumps(messages, sort_keys=True).encode()).hexdigest()
-    return f"p-{digest[:10]}"
-
-
 def _prompt_lines(path: Path) -> Iterator[tuple[int, Any, Any]]:
     """(line number, raw prompt, prompt_id or None) from JSONL(.gz) rows or the lines of a plain text file."""
     if path.suffix == ".jsonl" or path.name.endswith(".jsonl.gz"):
@@ -299,7 +292,8 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     """Read prompts from JSONL ({prompt_id?, prompt: text or messages} per line) or plain text (one per line).
 
     A candidate pool also works as a prompts file: rows repeating a prompt_id with the same prompt collapse
-    into one. Errors name the file, the line and the field.
+    into one. A prompt without a prompt_id gets annotate.schema.prompt_id_for's, the id an import of the same
+    messages gets. Errors name the file, the line and the field.
     """
     path = Path(path)
     if not path.exists():
@@ -312,7 +306,7 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
         except SchemaError as e:
             raise SchemaError(f"{where}: {e}") from None
         if pid is None:
-            pid = _prompt_id(messages)
+            pid = prompt_id_for(messages)  # the id an import of the same prompt gets
         elif not isinstance(pid, str) or not pid.strip():
             raise SchemaError(f"{where}: field 'prompt_id': expected non-empty text, got {pid!r}")
         if pid in prompts and prompts[pid]["prompt"] != messages:

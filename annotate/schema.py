@@ -6,6 +6,7 @@ Every reader and writer in the project goes through here: validation errors name
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
@@ -119,6 +120,23 @@ def as_messages(prompt: str | list, max_chars: int | None = None) -> list[dict[s
         _check_size(prompt, "prompt", max_chars)
         return [{"role": "user", "content": prompt}]
     return check_messages(prompt, max_chars=max_chars)
+
+
+def prompt_id_for(prompt: str | list[dict[str, str]]) -> str:
+    """The one prompt id derived from content: "p-" + the first 16 hex digits of SHA-1 of the messages as JSON.
+
+    Every place that has to name a prompt without a given id uses this (imports, prompts files and pools without
+    ids, generate, preference files without `prompt_id`, the train/test split), so the same messages get the same
+    id whatever file they came from. Messages are reduced to {role, content} in that order and a plain string is
+    one user turn, so key order or extra keys in a file never change the id. The hashing is exactly what imports
+    always used (no sort_keys, ensure_ascii=False): ids already in users' stores stay valid. A pool or prompts
+    file that gives its own prompt_id keeps it.
+    """
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
+    return "p-" + hashlib.sha1(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def check_pool_row(rec: dict, max_chars: int | None = MAX_POOL_TEXT) -> dict:

@@ -2,8 +2,10 @@
 
 Rows follow the export contract (TRL conversational preference format): `prompt` (list of messages), `chosen` and
 `rejected` (one assistant message each), plus `prompt_id`, `margin`, `n_votes`, ... Held-out splits are by prompt,
-so no prompt is seen in both train and test. Pairs longer than `max_length` tokens are dropped with a printed count
-(never truncated: a truncated pair may cut off exactly the part that made one response better).
+so no prompt is seen in both train and test, and every command splits with annotate.split (see there): reward, DPO,
+PPO and export hold out the same prompts of the same data for the same seed and fraction. Pairs longer than
+`max_length` tokens are dropped with a printed count (never truncated: a truncated pair may cut off exactly the part
+that made one response better).
 
 Also here: a learnable synthetic preference set (correct arithmetic preferred) and a tiny word-level tokenizer for
 it, so tests train real trainers in seconds.
@@ -46,9 +48,9 @@ def _check_row(row: dict, where: str) -> dict:
         out[f] = [{"role": m.get("role", "assistant"), "content": m.get("content") or ""} for m in value]
     if not out.get("prompt_id"):
         # Group by prompt text when the file carries no id, so the held-out split stays by prompt.
-        from annotate.importers import prompt_id_for
+        from annotate.schema import prompt_id_for
 
-        out["prompt_id"] = prompt_id_for(out["prompt"])
+        out["prompt_id"] = prompt_id_for(out["prompt"])  # the id an import of the same messages gets
     return out
 
 
@@ -121,14 +123,24 @@ def _as_dataset(rows: list[dict], path: str | Path) -> Dataset:
 
 
 def split_by_prompt(ds: Dataset, test_fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """Hold out whole prompts (never one pair of a prompt in train and another in test)."""
-    ids = sorted(set(ds["prompt_id"]))
-    random.Random(seed).shuffle(ids)
-    n_test = max(1, round(len(ids) * test_fraction)) if test_fraction > 0 else 0
-    if n_test >= len(ids):
-        raise SchemaError(f"test fraction {test_fraction} leaves no training prompts ({len(ids)} prompts)")
-    test_ids = set(ids[:n_test])
-    is_test = [p in test_ids for p in ds["prompt_id"]]
+    """Hold out whole prompts (never one pair of a prompt in train and another in test).
+
+    The split is annotate.split's, the one export and PPO/RLOO (split_prompts) use: a prompt's side depends only
+    on (seed, its messages), so PPO never evaluates on a prompt the reward model trained on when both split the
+    same data with the same seed and fraction."""
+    from annotate.split import held_out_mask
+
+    if test_fraction <= 0:
+        return ds, ds.select([])
+    n_prompts = len(set(ds["prompt_id"]))
+    if n_prompts < 2:
+        raise SchemaError(f"a held-out split needs at least 2 prompts, got {n_prompts} (or pass --eval-data)")
+    table = ds.select_columns(["prompt_id", "prompt"]).with_format("arrow")[:]
+    is_test = held_out_mask(table, test_fraction, seed)
+    if is_test.all() or not is_test.any():  # only when every prompt_id holds the same messages
+        raise SchemaError(
+            f"test fraction {test_fraction}: all {n_prompts} prompt ids hold one prompt, nothing to split"
+        )
     train = ds.select([i for i, t in enumerate(is_test) if not t])
     test = ds.select([i for i, t in enumerate(is_test) if t])
     return train, test
@@ -323,12 +335,17 @@ def heldout_path(data: str, eval_data: str | None) -> str | None:
 def split_prompts(
     prompts: list[Messages], eval_path: str | None, test_fraction: float, seed: int
 ) -> tuple[list[Messages], list[Messages]]:
-    """(train, held-out) prompts: --eval-data when given, else a seeded split by prompt."""
+    """(train, held-out) prompts: --eval-data when given, else annotate.split's split by prompt.
+
+    That split is the one split_by_prompt and export use, so on the same data, seed and fraction the held-out prompts
+    here are exactly the ones the reward model did not train on (a smaller fraction gives a subset of them).
+    """
+    from annotate.split import split_messages
+
     if eval_path:
         return prompts, load_prompts(eval_path)
-    order = list(range(len(prompts)))
-    random.Random(seed).shuffle(order)
-    n_test = max(1, round(len(prompts) * test_fraction))
-    if n_test >= len(prompts):
-        raise ValueError(f"test fraction {test_fraction} leaves no training prompts ({len(prompts)} prompts)")
-    return [prompts[i] for i in order[n_test:]], [prompts[i] for i in order[:n_test]]
+    train, test = split_messages(prompts, test_fraction, seed)
+    if not train or not test:
+        n = len({json.dumps(p, sort_keys=True) for p in prompts})
+        raise ValueError(f"a held-out split needs at least 2 distinct prompts, got {n} (or pass --eval-data)")
+    return train, test

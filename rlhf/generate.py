@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from annotate.pool import read_prompts
-from annotate.schema import SchemaError
+from annotate.schema import SchemaError, as_messages, prompt_id_for
 
 # (temperature, top_p): sample k uses entry k % len. From near-greedy to loose, so candidates differ.
 DEFAULT_SAMPLING: list[tuple[float, float]] = [(0.3, 0.9), (0.7, 0.95), (1.0, 1.0), (1.3, 0.98)]
@@ -52,6 +52,11 @@ def _render(tokenizer, messages: list[dict[str, str]]) -> str:
     # No template (e.g. a base model): a plain transcript that ends where the answer should start.
     turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n".join(turns) + "\nAssistant:"
+
+
+def _with_id(p: dict[str, Any]) -> dict[str, Any]:
+    messages = as_messages(p["prompt"])
+    return {"prompt_id": p.get("prompt_id") or prompt_id_for(messages), "prompt": messages}
 
 
 def _generate_batch(model, tokenizer, texts: list[str], *, temperature: float, top_p: float, max_new_tokens: int):
@@ -95,8 +100,9 @@ def generate_pool(
 ) -> list[dict[str, Any]]:
     """Sample `n` responses per prompt from each model; returns pool rows (see annotate.schema.POOL_SCHEMA).
 
-    `prompts`: [{prompt_id, prompt (messages)}] as from read_prompts. `models`: ids or paths (None = the bundled
-    SmolLM2). Sample k uses sampling[k % len(sampling)]. Empty responses are dropped and reported on stderr.
+    `prompts`: [{prompt_id?, prompt (messages or text)}] as from read_prompts; a missing prompt_id is
+    annotate.schema.prompt_id_for's, the id an import of the same prompt gets. `models`: ids or paths (None = the
+    bundled SmolLM2). Sample k uses sampling[k % len(sampling)]. Empty responses are dropped and reported on stderr.
     """
     import torch
     from tqdm.auto import tqdm
@@ -107,6 +113,7 @@ def generate_pool(
         raise SchemaError(f"--n: expected at least 1, got {n}")
     if batch_size < 1:
         raise SchemaError(f"--batch-size: expected at least 1, got {batch_size}")
+    prompts = [_with_id(p) for p in prompts]
     sampling = sampling or DEFAULT_SAMPLING
     models = models or [None]
     device = resolve_device(device)

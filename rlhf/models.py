@@ -7,8 +7,12 @@ Tiny models of the same family, built from a config, serve the tests.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +25,7 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_dir() -> Path:
+    """Where converted checkpoints are kept: $PREFKIT_CACHE, else $XDG_CACHE_HOME/prefkit (~/.cache/prefkit)."""
     root = os.environ.get("PREFKIT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "prefkit"
     )
@@ -41,12 +46,35 @@ def bundled_gguf() -> Path:
     return path
 
 
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").exists() and any(path.glob("*.safetensors"))
+
+
 def default_checkpoint() -> Path:
-    """The bundled SmolLM2 as a safetensors checkpoint, converted on first use and cached."""
+    """The bundled SmolLM2 as a safetensors checkpoint, converted on first use and cached (PREFKIT_CACHE).
+
+    Safe when several processes (e.g. the ranks of one launch, or two commands) ask at once: a lock file makes the
+    later ones wait for the first conversion instead of repeating it, and each conversion is written to its own
+    temporary folder and renamed into place, so the checkpoint folder is either absent or complete.
+    """
     out = cache_dir() / "SmolLM2-135M-Instruct"
-    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+    if _is_checkpoint(out):
         return out
     gguf = bundled_gguf()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(out.with_name(f".{out.name}.lock")):
+        if _is_checkpoint(out):  # converted by another process while this one waited for the lock
+            return out
+        # Unique per process and call; next to `out` so the rename stays on one filesystem.
+        tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
+        try:
+            _convert_gguf(gguf, tmp)
+            return _install(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone once renamed; a failed conversion leaves nothing behind
+
+
+def _convert_gguf(gguf: Path, dest: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # otherwise saving tries to reach the Hub
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -57,11 +85,41 @@ def default_checkpoint() -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = DEFAULT_MODEL_NAME
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)  # atomic: a half-written conversion is never mistaken for a checkpoint
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def _install(tmp: Path, out: Path) -> Path:
+    """Rename the finished conversion `tmp` to `out` (atomic). When `out` appeared meanwhile (a process that took
+    no lock, e.g. an older prefkit), that checkpoint is used and `tmp` discarded, never an error."""
+    try:
+        tmp.rename(out)
+    except OSError:
+        if not _is_checkpoint(out):
+            if not out.exists():
+                raise
+            # A folder without a checkpoint in it (a conversion interrupted outside this code): replace it.
+            shutil.rmtree(out)
+            tmp.rename(out)
+            return out
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock held while the body runs (flock; released by the OS if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the rename in _install still keeps concurrent conversions safe
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def resolve_model(name_or_path: str | os.PathLike | None) -> str:

@@ -65,18 +65,27 @@ def test_bad_rows_name_file_line_and_field(tmp_path):
 def test_split_holds_out_whole_prompts():
     from datasets import Dataset
 
+    from annotate.split import split_score
+
     ds = Dataset.from_list(synthetic_arithmetic(n_prompts=50, wrong_per_prompt=3))
     train, test = split_by_prompt(ds, 0.2, seed=1)
     assert len(train) + len(test) == len(ds)
     assert not set(train["prompt_id"]) & set(test["prompt_id"])
-    assert len(set(test["prompt_id"])) == 10
+    # Held out: exactly the prompts whose seeded score is under the fraction (about 10 of 50, not exactly).
+    expected = {r["prompt_id"] for r in ds if split_score(r["prompt"], 1) < 0.2}
+    assert set(test["prompt_id"]) == expected and 0 < len(expected) < 50
+    assert split_by_prompt(ds, 0.0)[1].num_rows == 0
 
 
 def test_export_siblings_are_found(tmp_path):
+    from datasets import Dataset
+
     train_path, test_path = write_synthetic_export(tmp_path, n_prompts=20, wrong_per_prompt=1)
     train, test = load_splits(str(train_path))
-    assert (len(train), len(test)) == (16, 4)
     assert not set(train["prompt_id"]) & set(test["prompt_id"])
+    # The sibling holds what splitting the whole data would have held out.
+    _, again = split_by_prompt(Dataset.from_list(synthetic_arithmetic(n_prompts=20, wrong_per_prompt=1)), 0.2)
+    assert len(train) + len(test) == 20 and sorted(test["prompt_id"]) == sorted(again["prompt_id"])
 
 
 def test_long_pairs_are_dropped_with_a_printed_count(capsys):

@@ -16,6 +16,7 @@ from annotate.export import export
 from annotate.importers import ASSISTANT
 from annotate.importers import main as import_main
 from annotate.schema import new_comparison
+from annotate.split import split_score
 from annotate.store import ComparisonStore
 
 HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless-sample.jsonl.gz"
@@ -120,7 +121,9 @@ def test_min_agreement_raw_and_split_by_prompt(voted_store, tmp_path):
     assert [Path(f).name for f in s["files"]] == ["prefs-train.parquet", "prefs-test.parquet"]
     p_train, p_test = set(train.column("prompt_id").to_pylist()), set(test.column("prompt_id").to_pylist())
     assert not p_train & p_test and train.num_rows + test.num_rows == full.num_rows
-    assert len(p_test) == round(0.2 * len(p_train | p_test))
+    # The one split (annotate.split): held out are the prompts whose seeded score is under the fraction.
+    prompts = dict(zip(full.column("prompt_id").to_pylist(), full.column("prompt").to_pylist()))
+    assert p_test == {pid for pid, p in prompts.items() if split_score(p, 3) < 0.2} and p_train
 
 
 def test_export_from_a_store_url(voted_store, tmp_path):

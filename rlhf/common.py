@@ -40,6 +40,9 @@ class BaseConfig:
     per_device_train_batch_size: int = field(default=8, metadata={"help": "pairs per device per step"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     learning_rate: float | None = field(default=None, metadata={"help": "peak learning rate; default: the method's"})
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "AdamW decoupled weight decay, not on biases or norms (HF/TRL default 0)"}
+    )
     seed: int = field(default=42, metadata={"help": "seed for initialisation, shuffling and the held-out split"})
     max_length: int = field(
         default=512, metadata={"help": "pairs longer than this (tokens) are dropped, with a count"}
@@ -100,6 +103,7 @@ def trl_args(cfg: BaseConfig, trl_config_cls: type, default_lr: float | None = N
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        weight_decay=cfg.weight_decay,
         seed=cfg.seed,
         report_to=[] if cfg.report_to in ("none", "") else cfg.report_to.split(","),
         use_cpu=not cuda,

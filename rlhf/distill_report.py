@@ -102,15 +102,13 @@ def _trimmed(trimmed_dir, teacher_model, tokenizer, prompts, teacher_answers, *,
 
 
 def _reward_scores(reward_model: str, prompts, responses: list[str]) -> list[float]:
-    """Reward of each (prompt, response), through rlhf.reward.score (the project's one scorer)."""
-    from transformers import AutoModelForSequenceClassification
-
+    """Reward of each (prompt, response), loaded and scored as reward, ppo, rloo and evaluate do (rlhf.reward.score:
+    the chat-templated conversation, read at its last token, batched by length)."""
     from rlhf.models import load_tokenizer
-    from rlhf.reward import score
+    from rlhf.reward import load_reward_model, score
 
     tok = load_tokenizer(reward_model)
-    model = AutoModelForSequenceClassification.from_pretrained(reward_model).eval()
-    return [float(s) for s in score(model, tok, prompts, responses)]
+    return score(load_reward_model(reward_model, tok), tok, prompts, responses)
 
 
 def _shortfalls(r: dict[str, Any]) -> list[str]:

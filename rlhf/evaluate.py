@@ -129,6 +129,7 @@ def answers(model_name: str, prompts: list[Messages], cfg: EvalConfig, device: s
 
     from rlhf.distill import generate
     from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.reward import response_text
 
     tok = load_tokenizer(model_name)
     model = load_causal_lm(model_name, dtype="float32" if device == "cpu" else "auto", device=device)
@@ -137,7 +138,7 @@ def answers(model_name: str, prompts: list[Messages], cfg: EvalConfig, device: s
         model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
         temperature=cfg.temperature, desc=f"generating ({Path(model_name).name})",
     )  # fmt: skip
-    return [tok.decode(x, skip_special_tokens=True).strip() for x in ids]
+    return [response_text(tok, x) for x in ids]  # decoded as PPO and RLOO decode their samples
 
 
 def plot(path: Path, summary: dict[str, Any], wins: list[float], length_diff: list[float]) -> None:
@@ -179,12 +180,26 @@ def side_by_side(examples: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
+def judge(rm, rm_tok, prompts: list[Messages], pol: list[str], ref: list[str]) -> tuple[tuple, tuple]:
+    """((policy scores, reference scores), (policy lengths, reference lengths)) of paired answers.
+
+    Scores come from rlhf.reward.score in one length-sorted pass over both answer sets, the path reward evaluation,
+    PPO and RLOO use; lengths are counted in the reward model's tokens, a yardstick common to both policies.
+    """
+    from rlhf.reward import score
+
+    n = len(prompts)
+    scores = score(rm, rm_tok, prompts + prompts, pol + ref)
+    n_tokens = lambda texts: [len(rm_tok(t, add_special_tokens=False)["input_ids"]) for t in texts]  # noqa: E731
+    return (scores[:n], scores[n:]), (n_tokens(pol), n_tokens(ref))
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     import torch
 
     from rlhf.data import load_prompts
     from rlhf.models import load_tokenizer
-    from rlhf.reward import load_reward_model, score
+    from rlhf.reward import load_reward_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     prompts = load_prompts(cfg.prompts)
@@ -194,9 +209,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     ref = answers(cfg.reference, prompts, cfg, device)
     rm_tok = load_tokenizer(cfg.reward_model)
     rm = load_reward_model(cfg.reward_model, rm_tok).to(device)
-    pol_scores, ref_scores = score(rm, rm_tok, prompts, pol), score(rm, rm_tok, prompts, ref)
-    n_tokens = lambda texts: [len(rm_tok(t, add_special_tokens=False)["input_ids"]) for t in texts]  # noqa: E731
-    pol_len, ref_len = n_tokens(pol), n_tokens(ref)
+    (pol_scores, ref_scores), (pol_len, ref_len) = judge(rm, rm_tok, prompts, pol, ref)
     summary = summarize(pol_scores, ref_scores, pol_len, ref_len, cfg.length_tolerance)
     rows = zip(prompts, pol, ref, pol_scores, ref_scores, pol_len, ref_len, strict=True)
     keys = ("prompt", "policy", "reference", "policy_score", "reference_score", "policy_length", "reference_length")

@@ -2,12 +2,20 @@
 
 Follows Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO" (arXiv 2403.17031): a policy, a value
 model initialised from the reward model, a frozen reference; rollouts sampled with `generate`, truncated after the
-first EOS; a per-token KL penalty (fixed or Ziegler et al. 2019's adaptive coefficient); responses without EOS
-penalised; optional reward whitening; GAE; whitened advantages; clipped policy and value losses. The math lives in
-rlhf/ppo_core.py. Built on `accelerate`, so `accelerate launch rlhf/train.py ppo ...` runs data-parallel.
+first EOS; rewards shifted so the reference policy's samples score 0 on average; a per-token KL penalty (fixed or
+Ziegler et al. 2019's adaptive coefficient); responses without EOS penalised; optional reward whitening; GAE;
+whitened advantages; clipped policy and value losses. The math lives in rlhf/ppo_core.py. Built on `accelerate`, so
+`accelerate launch rlhf/train.py ppo ...` runs data-parallel.
 
-Policy and reward model must share the tokenizer: the value model (a copy of the reward model) reads the policy's
-token ids. Held-out prompts are scored before and after training (eval.json: score_before, score, kl).
+Scores: each rollout is decoded to text (cut at its first EOS) and scored with (prompt messages, text) by
+rlhf.reward.score, the path reward training's evaluation, RLOO and `evaluate` use: the chat-templated conversation,
+read at its last token. Held-out "score" is therefore the number `evaluate` would give the same answers.
+Values: the value model (a copy of the reward model, so policy and reward model must share the tokenizer) reads the
+policy's own ids (left-padded query + response, position ids skipping the padding). V_t is its head applied to the
+hidden state of the last token before response token t, at every position, never picked by pad id. At
+initialisation the value of the final prefix is close to, not equal to, the score: the score's conversation also
+has the template's closing tokens; the value head only starts from the reward head (N+ detail).
+Held-out prompts are scored before and after training (eval.json: score_before, score, kl).
 """
 
 from __future__ import annotations
@@ -16,13 +24,15 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rlhf.common import BaseConfig, append_metrics, finish_rl_run, start_run, use_cuda
 from rlhf.config import parse_config
 
 if TYPE_CHECKING:
     import torch
+
+DEFAULT_LR = 3e-6  # when --learning-rate is unset
 
 
 @dataclass
@@ -51,6 +61,10 @@ class PPOConfig(BaseConfig):
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     forward_batch_size: int = field(default=32, metadata={"help": "rows per no-grad forward during rollouts"})
     eval_prompts: int = field(default=64, metadata={"help": "held-out prompts scored before and after training"})
+    reward_norm_prompts: int = field(
+        default=256,
+        metadata={"help": "training prompts whose reference samples set the reward shift (N+ detail); 0 = no shift"},
+    )
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:
@@ -72,7 +86,7 @@ def _policy_and_value(policy, value_model):
             self.policy, self.value_model = policy, value_model
 
         def forward(self, input_ids, attention_mask, position_ids):
-            kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
             logits = self.policy(**kw).logits  # (B, L, V)
             backbone = getattr(self.value_model, self.value_model.base_model_prefix)
             hidden = backbone(**kw).last_hidden_state  # (B, L, H)
@@ -81,8 +95,8 @@ def _policy_and_value(policy, value_model):
     return PolicyAndValue()
 
 
-def load_models(cfg: PPOConfig, device) -> tuple[Any, Any, Any, Any, Any]:
-    """(tokenizer, policy, reference, reward model, value model); the reference and reward model are frozen."""
+def load_models(cfg: PPOConfig, device) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """(tokenizer, reward tokenizer, policy, reference, reward model, value model); reference and reward are frozen."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -99,20 +113,34 @@ def load_models(cfg: PPOConfig, device) -> tuple[Any, Any, Any, Any, Any]:
     path = resolve_model(cfg.model)
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval().requires_grad_(False)
-    reward = load_reward_model(cfg.reward_model, tok).to(device).eval().requires_grad_(False)
+    reward = load_reward_model(cfg.reward_model, reward_tok).to(device).eval().requires_grad_(False)
     value = load_reward_model(cfg.reward_model, tok)  # N+ detail: value model initialised from the reward model
     for m in (policy, ref, reward, value):
         _disable_dropout(m)
-    return tok, policy, ref, reward, value
+    if cfg.gradient_checkpointing:  # recompute activations in the update's backward; rollouts run in eval mode
+        kw = {"use_reentrant": False}
+        for m in (policy, value):  # transformers 5 renamed it; 4.x has only the old name
+            if hasattr(m, "activation_checkpointing_enable"):
+                m.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+            else:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+    return tok, reward_tok, policy, ref, reward, value
 
 
-def encode_prompts(prompts: list, tok, max_prompt_tokens: int, name: str) -> list[list[int]]:
+class Query(NamedTuple):
+    """A prompt as messages (what the reward model scores) and as the policy's chat-templated ids (what it sees)."""
+
+    messages: list[dict[str, str]]
+    ids: list[int]
+
+
+def encode_prompts(prompts: list, tok, max_prompt_tokens: int, name: str) -> list[Query]:
     """Chat-template each prompt; drop (and count) those longer than max_prompt_tokens rather than cut them."""
     ids = [
         tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
         for p in prompts
     ]
-    kept = [x for x in ids if len(x) <= max_prompt_tokens]
+    kept = [Query(p, x) for p, x in zip(prompts, ids) if len(x) <= max_prompt_tokens]
     if len(kept) < len(ids):
         print(f"[ppo] {name}: dropped {len(ids) - len(kept)} of {len(ids)} prompts over {max_prompt_tokens} tokens")
     if not kept:
@@ -136,55 +164,107 @@ def _chunks(n: int, size: int):
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def rollout(model, ref, reward, queries: dict, cfg: PPOConfig, tok) -> dict[str, torch.Tensor]:
-    """Sample responses and everything PPO needs about them, without gradients.
-
-    queries: input_ids, attention_mask (B, Lq), left-padded. Returns tensors over the T response tokens.
-    """
+def sample(policy, queries: list[Query], cfg: PPOConfig, tok) -> dict[str, torch.Tensor]:
+    """Sampled responses (B, T), padded after their first EOS (N+ detail), with the left-padded queries (B, Lq)."""
     import torch
 
     from rlhf import ppo_core as core
 
-    q, qmask = queries["input_ids"], queries["attention_mask"]
-    Lq = q.shape[1]
+    device = next(policy.parameters()).device
+    padded = left_pad([x.ids for x in queries], tok.pad_token_id)
+    q, qmask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
     with torch.no_grad():
-        seqs = model.policy.generate(
+        seqs = policy.generate(
             input_ids=q, attention_mask=qmask, max_new_tokens=cfg.response_length, do_sample=True,
             temperature=cfg.temperature, top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )  # fmt: skip
-        responses = seqs[:, Lq:]  # (B, T)
-        mask, last, has_eos = core.response_mask(responses, tok.eos_token_id)  # N+: truncate after first EOS
-        responses = torch.where(mask.bool(), responses, tok.pad_token_id)
-        attn = torch.cat([qmask, mask.long()], 1)  # (B, Lq + T)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)  # N+ detail: position ids skip the left padding
-        qr = torch.cat([q, responses], 1)
-        parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "values": [], "scores": []}
+    responses = seqs[:, q.shape[1] :]  # (B, T)
+    mask, last, has_eos = core.response_mask(responses, tok.eos_token_id)  # N+: truncate after first EOS
+    responses = torch.where(mask.bool(), responses, tok.pad_token_id)
+    return {"queries": q, "query_mask": qmask, "responses": responses, "mask": mask, "last": last, "has_eos": has_eos}
+
+
+def score_responses(reward, reward_tok, tok, messages: list, responses: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Reward-model score of each rollout (B, T) -> (B,): decoded to text and scored as the conversation
+    (prompt, text) by rlhf.reward.score, as reward evaluation, RLOO and `evaluate` score answers."""
+    import torch
+
+    from rlhf.reward import response_text, score
+
+    texts = [response_text(tok, r) for r in responses]
+    return torch.tensor(score(reward, reward_tok, messages, texts, batch_size), device=responses.device)
+
+
+def rollout(model, ref, reward, reward_tok, queries: list[Query], cfg: PPOConfig, tok) -> dict[str, torch.Tensor]:
+    """Sample responses and everything PPO needs about them, without gradients. Tensors over the T response tokens."""
+    import torch
+
+    from rlhf import ppo_core as core
+
+    s = sample(model.policy, queries, cfg, tok)
+    q, responses, mask = s["queries"], s["responses"], s["mask"]
+    Lq = q.shape[1]
+    attn = torch.cat([s["query_mask"], mask.long()], 1)  # (B, Lq + T)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # N+ detail: position ids skip the left padding
+    qr = torch.cat([q, responses], 1)
+    parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "values": []}
+    with torch.no_grad():
         for sl in _chunks(len(q), cfg.forward_batch_size):
             kw = dict(input_ids=qr[sl], attention_mask=attn[sl], position_ids=pos[sl])
             logits, values = model(**kw)  # (b, L, V), (b, L)
             # The token at position t is predicted by the logits at t-1: response logits are [Lq-1, L-1).
             parts["logprobs"].append(core.logprobs_of(logits[:, Lq - 1 : -1], responses[sl], cfg.temperature))
             parts["values"].append(values[:, Lq - 1 : -1])
-            ref_logits = ref(**kw).logits
+            ref_logits = ref(**kw, use_cache=False).logits
             parts["ref_logprobs"].append(core.logprobs_of(ref_logits[:, Lq - 1 : -1], responses[sl], cfg.temperature))
-            parts["scores"].append(reward(**kw).logits[:, 0].float())  # the head reads the last non-pad token
-        out = {k: torch.cat(v) for k, v in parts.items()}
+    out = {k: torch.cat(v) for k, v in parts.items()}
+    out["scores"] = score_responses(
+        reward, reward_tok, tok, [x.messages for x in queries], responses, cfg.forward_batch_size
+    )
     invalid = ~mask.bool()
     out["logprobs"] = out["logprobs"].masked_fill(invalid, core.INVALID_LOGPROB)
     out["ref_logprobs"] = out["ref_logprobs"].masked_fill(invalid, core.INVALID_LOGPROB)
     out["values"] = out["values"] * mask
     out.update(query_responses=qr, attention_mask=attn, position_ids=pos, responses=responses, mask=mask)
-    out.update(last=last, has_eos=has_eos, Lq=torch.tensor(Lq))
+    out.update(last=s["last"], has_eos=s["has_eos"], Lq=torch.tensor(Lq))
     return out
 
 
-def advantages(batch: dict[str, torch.Tensor], cfg: PPOConfig, kl_coef: float) -> dict[str, torch.Tensor]:
-    """Scores -> KL-penalised per-token rewards -> GAE advantages (whitened) and value targets."""
+def reward_shift(accelerator, ref, reward, reward_tok, queries: list[Query], cfg: PPOConfig, tok) -> float:
+    """Mean score of the reference policy's samples on up to --reward-norm-prompts training prompts, computed once
+    before training and subtracted from every rollout score, so a response as good as the reference's scores ~0.
+
+    N+ detail "reward normalisation" (Huang et al. 2024, arXiv 2403.17031), after Ziegler et al. 2019 (Sec. 2),
+    who normalise the reward to mean 0 on x ~ D, y ~ rho(.|x), the reference policy's samples.
+    """
+    import random
+
+    import torch
+
+    if cfg.reward_norm_prompts <= 0:
+        return 0.0
+    chosen = random.Random(cfg.seed).sample(queries, min(cfg.reward_norm_prompts, len(queries)))
+    mine = chosen[accelerator.process_index :: accelerator.num_processes]  # each rank samples its share
+    total = torch.zeros(2, device=accelerator.device)  # (sum of scores, count)
+    for sl in _chunks(len(mine), cfg.forward_batch_size):
+        part = mine[sl]
+        s = sample(ref, part, cfg, tok)
+        scores = score_responses(reward, reward_tok, tok, [x.messages for x in part], s["responses"], len(part))
+        total += torch.stack([scores.sum(), torch.tensor(float(len(part)), device=scores.device)]).to(total.device)
+    total = accelerator.reduce(total, "sum")
+    return float(total[0] / total[1])
+
+
+def advantages(
+    batch: dict[str, torch.Tensor], cfg: PPOConfig, kl_coef: float, shift: float = 0.0
+) -> dict[str, torch.Tensor]:
+    """Scores -> shifted (reward_shift), EOS-penalised, KL-penalised per-token rewards -> GAE advantages (whitened)
+    and value targets."""
     from rlhf import ppo_core as core
 
     mask = batch["mask"]
-    scores = core.apply_eos_penalty(batch["scores"], batch["has_eos"], cfg.missing_eos_penalty)  # (B,)
+    scores = core.apply_eos_penalty(batch["scores"] - shift, batch["has_eos"], cfg.missing_eos_penalty)  # (B,)
     kl = core.per_token_kl(batch["logprobs"], batch["ref_logprobs"], mask)  # (B, T)
     rewards = core.kl_penalized_rewards(scores, kl, batch["last"], kl_coef)  # (B, T)
     if cfg.whiten_rewards:
@@ -194,56 +274,62 @@ def advantages(batch: dict[str, torch.Tensor], cfg: PPOConfig, kl_coef: float) -
 
 
 def ppo_update(accelerator, model, optimizer, batch: dict, cfg: PPOConfig) -> dict[str, float]:
-    """num_ppo_epochs passes of mini-batch (micro-batched by gradient accumulation) clipped PPO updates."""
+    """num_ppo_epochs passes of clipped PPO updates: each pass splits the rollouts into num_mini_batches mini-batches,
+    one optimizer step each, each computed in gradient_accumulation_steps micro-batches.
+
+    Exact accumulation: a micro-batch's loss is weighted by its share of the mini-batch's response tokens, so the
+    summed gradient is that of the mini-batch's token mean (losses normalised by the global token count, as OpenRLHF
+    does) however it is split; clipping, step and zero_grad end every mini-batch, so no gradient carries over.
+    """
+    import contextlib
+
     import torch
 
     from rlhf import ppo_core as core
 
     B, Lq = len(batch["responses"]), int(batch["Lq"])
-    mb = max(1, B // cfg.num_mini_batches)
-    micro = max(1, mb // cfg.gradient_accumulation_steps)
     stats: dict[str, list[float]] = {"loss/policy": [], "loss/value": [], "clipfrac/policy": [], "clipfrac/value": []}
     for _ in range(cfg.num_ppo_epochs):
         perm = torch.randperm(B, device=batch["responses"].device)
-        for start in range(0, B, micro):
-            idx = perm[start : start + micro]
-            with accelerator.accumulate(model):
-                logits, values = model(
-                    input_ids=batch["query_responses"][idx],
-                    attention_mask=batch["attention_mask"][idx],
-                    position_ids=batch["position_ids"][idx],
-                )
-                mask = batch["mask"][idx]
-                logprobs = core.logprobs_of(logits[:, Lq - 1 : -1], batch["responses"][idx], cfg.temperature)
-                logprobs = logprobs.masked_fill(~mask.bool(), core.INVALID_LOGPROB)
-                pg, pg_clip = core.policy_loss(
-                    logprobs, batch["logprobs"][idx], batch["advantages"][idx], mask, cfg.cliprange
-                )
-                vf, vf_clip = core.value_loss(
-                    values[:, Lq - 1 : -1], batch["values"][idx], batch["returns"][idx], mask, cfg.cliprange_value
-                )
-                accelerator.backward(pg + cfg.vf_coef * vf)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            for k, v in zip(stats, (pg, vf, pg_clip, vf_clip)):
-                stats[k].append(v.item())
+        for mini in torch.tensor_split(perm, min(cfg.num_mini_batches, B)):
+            tokens = batch["mask"][mini].sum().clamp(min=1)
+            micros = torch.tensor_split(mini, min(cfg.gradient_accumulation_steps, len(mini)))
+            for j, idx in enumerate(micros):
+                # Gradients are all-reduced across processes once, on the mini-batch's last micro-batch.
+                sync = contextlib.nullcontext() if j == len(micros) - 1 else accelerator.no_sync(model)
+                with sync:
+                    logits, values = model(
+                        input_ids=batch["query_responses"][idx],
+                        attention_mask=batch["attention_mask"][idx],
+                        position_ids=batch["position_ids"][idx],
+                    )
+                    mask = batch["mask"][idx]
+                    logprobs = core.logprobs_of(logits[:, Lq - 1 : -1], batch["responses"][idx], cfg.temperature)
+                    logprobs = logprobs.masked_fill(~mask.bool(), core.INVALID_LOGPROB)
+                    pg, pg_clip = core.policy_loss(
+                        logprobs, batch["logprobs"][idx], batch["advantages"][idx], mask, cfg.cliprange
+                    )
+                    vf, vf_clip = core.value_loss(
+                        values[:, Lq - 1 : -1], batch["values"][idx], batch["returns"][idx], mask, cfg.cliprange_value
+                    )
+                    accelerator.backward((pg + cfg.vf_coef * vf) * (mask.sum() / tokens))
+                for k, v in zip(stats, (pg, vf, pg_clip, vf_clip)):
+                    stats[k].append(v.item())
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
     return {k: sum(v) / len(v) for k, v in stats.items()}
 
 
-def heldout(model, ref, reward, prompts: list[list[int]], cfg: PPOConfig, tok, device) -> dict[str, float]:
-    """Mean reward-model score, KL to the reference (nats per response) and length on held-out prompts.
-
-    Sampled as in training, from a fixed seed, so the numbers before and after training are comparable.
-    """
+def heldout(model, ref, reward, reward_tok, prompts: list[Query], cfg: PPOConfig, tok) -> dict[str, float]:
+    """Mean reward-model score (unshifted: the number `evaluate` gives), KL to the reference (nats per response) and
+    length on held-out prompts. Sampled as in training, from a fixed seed, so before and after are comparable."""
     import torch
 
     torch.manual_seed(cfg.seed)
     scores, kls, lengths, eos = [], [], [], []
     for sl in _chunks(len(prompts), cfg.forward_batch_size):
-        queries = {k: v.to(device) for k, v in left_pad(prompts[sl], tok.pad_token_id).items()}
-        out = rollout(model, ref, reward, queries, cfg, tok)
+        out = rollout(model, ref, reward, reward_tok, prompts[sl], cfg, tok)
         scores += out["scores"].tolist()
         kls += ((out["logprobs"] - out["ref_logprobs"]) * out["mask"]).sum(1).tolist()
         lengths += out["mask"].sum(1).tolist()
@@ -252,7 +338,7 @@ def heldout(model, ref, reward, prompts: list[list[int]], cfg: PPOConfig, tok, d
     return {"score": sum(scores) / n, "kl": sum(kls) / n, "length": sum(lengths) / n, "eos_rate": sum(eos) / n}
 
 
-def _prompt_batches(prompts: list[list[int]], batch_size: int, seed: int):
+def _prompt_batches(prompts: list[Query], batch_size: int, seed: int):
     """Endless shuffled batches of prompts (reshuffled every pass)."""
     import random
 
@@ -267,7 +353,7 @@ def _prompt_batches(prompts: list[list[int]], batch_size: int, seed: int):
 def _step_metrics(accelerator, batch: dict, adv: dict, losses: dict, kl_coef: float) -> dict[str, float]:
     mask = batch["mask"]
     local = {
-        "score": batch["scores"].mean(),
+        "score": batch["scores"].mean(),  # unshifted reward-model score
         "kl": adv["kl"].sum(1).mean(),  # nats per response, k1 estimate
         "length": mask.sum(1).mean(),
         "eos_rate": batch["has_eos"].float().mean(),
@@ -278,7 +364,11 @@ def _step_metrics(accelerator, batch: dict, adv: dict, losses: dict, kl_coef: fl
 
 
 def make_accelerator(cfg: PPOConfig):
-    """An Accelerator for this device (bf16 where supported) with --report-to wired to its trackers."""
+    """An Accelerator for this device (bf16 where supported) with --report-to wired to its trackers.
+
+    Gradient accumulation is ppo_update's (exact, per mini-batch), not accelerate's: it would divide every loss by a
+    fixed count and step on a global micro-batch counter that drifts when a mini-batch is not a multiple of it.
+    """
     import torch
     from accelerate import Accelerator
 
@@ -288,7 +378,6 @@ def make_accelerator(cfg: PPOConfig):
     accelerator = Accelerator(
         cpu=not cuda,
         mixed_precision="bf16" if bf16 else "no",
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with=trackers or None,  # tensorboard, wandb, ... through accelerate's trackers
         project_dir=cfg.output_dir,
     )
@@ -297,15 +386,42 @@ def make_accelerator(cfg: PPOConfig):
     return accelerator
 
 
-def prompt_ids(cfg: PPOConfig, tok) -> tuple[list[list[int]], list[list[int]]]:
-    """(train, held-out) prompt token ids; prompts that leave no room for --response-length are dropped."""
+def make_optimizer(cfg: PPOConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW, eps 1e-5 (N+ detail), at --learning-rate (0 is a rate: the default applies only when it is unset), with
+    --weight-decay on every weight but biases and norms, the split transformers' Trainer.get_decay_parameter_names
+    makes (decoupled weight decay, Loshchilov & Hutter 2019)."""
+    import torch
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    no_decay = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+    decay = set(get_parameter_names(model, [torch.nn.LayerNorm], no_decay))
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in params if n in decay], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
+    ]
+    lr = DEFAULT_LR if cfg.learning_rate is None else cfg.learning_rate
+    return torch.optim.AdamW(groups, lr=lr, eps=1e-5)
+
+
+def prompt_ids(cfg: PPOConfig, tok) -> tuple[list[Query], list[Query]]:
+    """(train, held-out) prompts; prompts that leave no room for --response-length are dropped."""
     from rlhf.data import heldout_path, load_prompts, split_prompts
 
     eval_path = heldout_path(cfg.data, cfg.eval_data)
     train_prompts, test_prompts = split_prompts(load_prompts(cfg.data), eval_path, cfg.test_fraction, cfg.seed)
     max_prompt = cfg.max_length - cfg.response_length
-    train_ids = encode_prompts(train_prompts, tok, max_prompt, "train")
-    return train_ids, encode_prompts(test_prompts, tok, max_prompt, "held-out")[: cfg.eval_prompts]
+    train_q = encode_prompts(train_prompts, tok, max_prompt, "train")
+    return train_q, encode_prompts(test_prompts, tok, max_prompt, "held-out")[: cfg.eval_prompts]
+
+
+def save_checkpoint(out_dir: Path, step: int, model, tok) -> Path:
+    """--save-steps: the policy (loadable like the final one) and the value model under checkpoint-STEP/."""
+    path = out_dir / f"checkpoint-{step}"
+    model.policy.save_pretrained(path)
+    tok.save_pretrained(path)
+    model.value_model.save_pretrained(path / "value_model")
+    return path
 
 
 def train(cfg: PPOConfig, out_dir: Path) -> dict[str, Any]:
@@ -317,35 +433,35 @@ def train(cfg: PPOConfig, out_dir: Path) -> dict[str, Any]:
 
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
-    tok, policy, ref, reward, value = load_models(cfg, accelerator.device)
+    tok, reward_tok, policy, ref, reward, value = load_models(cfg, accelerator.device)
     tok.padding_side = "left"
-    train_ids, test_ids = prompt_ids(cfg, tok)
+    train_q, test_q = prompt_ids(cfg, tok)
     B = cfg.per_device_train_batch_size
-    if len(train_ids) < B:
-        raise ValueError(f"{len(train_ids)} training prompts is fewer than --per-device-train-batch-size {B}")
+    if len(train_q) < B:
+        raise ValueError(f"{len(train_q)} training prompts is fewer than --per-device-train-batch-size {B}")
     steps = cfg.max_steps
     if steps < 0:
-        steps = max(1, math.ceil(cfg.num_train_epochs * len(train_ids) / (B * accelerator.num_processes)))
+        steps = max(1, math.ceil(cfg.num_train_epochs * len(train_q) / (B * accelerator.num_processes)))
     model = _policy_and_value(policy, value)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate or 3e-6, eps=1e-5)  # N+: eps 1e-5
+    optimizer = make_optimizer(cfg, model)
     # N+ detail: learning rate annealed linearly to 0 over the PPO steps. Not passed to prepare(), which would step
     # it once per process.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: max(0.0, 1.0 - i / steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    before = heldout(unwrapped, ref, reward, test_ids, cfg, tok, accelerator.device)
+    before = heldout(unwrapped, ref, reward, reward_tok, test_q, cfg, tok)
+    shift = reward_shift(accelerator, ref, reward, reward_tok, train_q, cfg, tok)
     set_seed(cfg.seed + accelerator.process_index)  # different rollouts on each rank
     kl_ctl = (
         core.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         if cfg.adaptive_kl
         else core.FixedKLController(cfg.kl_coef)
     )
-    batches = _prompt_batches(train_ids, B, cfg.seed + accelerator.process_index)
+    batches = _prompt_batches(train_q, B, cfg.seed + accelerator.process_index)
     for step in tqdm(range(1, steps + 1), desc="ppo", disable=not accelerator.is_main_process):
         unwrapped.eval()
-        queries = {k: v.to(accelerator.device) for k, v in left_pad(next(batches), tok.pad_token_id).items()}
-        batch = rollout(unwrapped, ref, reward, queries, cfg, tok)
-        adv = advantages(batch, cfg, kl_ctl.value)
+        batch = rollout(unwrapped, ref, reward, reward_tok, next(batches), cfg, tok)
+        adv = advantages(batch, cfg, kl_ctl.value, shift)
         batch.update(advantages=adv["advantages"], returns=adv["returns"])
         unwrapped.train()
         losses = ppo_update(accelerator, model, optimizer, batch, cfg)
@@ -355,15 +471,17 @@ def train(cfg: PPOConfig, out_dir: Path) -> dict[str, Any]:
         if accelerator.is_main_process and (step % cfg.logging_steps == 0 or step in (1, steps)):
             append_metrics(out_dir, {"step": step, "lr": scheduler.get_last_lr()[0], **metrics})
         accelerator.log(metrics, step=step)
+        if cfg.save_steps > 0 and step % cfg.save_steps == 0 and accelerator.is_main_process:
+            save_checkpoint(out_dir, step, unwrapped, tok)
     unwrapped.eval()
-    after = heldout(unwrapped, ref, reward, test_ids, cfg, tok, accelerator.device)
+    after = heldout(unwrapped, ref, reward, reward_tok, test_q, cfg, tok)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped.policy.save_pretrained(out_dir)
         tok.save_pretrained(out_dir)
     accelerator.end_training()  # finishes trackers; destroys the process group, so it comes last
-    results = {f"{k}_before": v for k, v in before.items()} | after
-    return results | {"steps": steps, "heldout_prompts": len(test_ids), "final_kl_coef": kl_ctl.value}
+    results = {f"{k}_before": v for k, v in before.items()} | after | {"reward_shift": shift}
+    return results | {"steps": steps, "heldout_prompts": len(test_q), "final_kl_coef": kl_ctl.value}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@ correlation of reward with response length (the verbosity check: a reward that m
 `--length-debias` counters raters' taste for length in the training pairs: `resample` balances, within bins of
 length difference, pairs where the chosen response is the longer with pairs where it is the shorter; `joint`
 fits a length term with the reward and drops it at inference (see LengthDebiasTrainer).
-`score()` is the one way the rest of the project (ppo, evaluate, audit) asks a reward model for numbers.
+`score()` is the one way the rest of the project (ppo, rloo, evaluate, active sampling, audit) asks a reward model
+for numbers: the chat-templated conversation, read at its last token, batched by length.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from rlhf.config import parse_config
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import torch
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -72,9 +74,112 @@ def load_reward_model(name_or_path: str, tokenizer: PreTrainedTokenizerBase | No
 
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model(name_or_path), num_labels=1)
     if tokenizer is not None:
-        # The head reads the last non-pad token, so the model must know the pad id.
+        # The model's own forward reads the last non-pad token, so it must know the pad id. score() does not use it.
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+# -- scoring: the one path from (prompt, response) to a reward ----------------------------------------------------
+#
+# Training: TRL 1.16's RewardTrainer tokenizes `prompt + chosen` messages with
+# apply_chat_template(messages, tokenize=True, return_dict=True) (trl.data_utils._tokenize), right-pads with the
+# pad id, and the sequence-classification head reads "the rightmost token that is not the pad id". That is the true
+# last token of the conversation as long as the template does not end with the pad token (ChatML ends with
+# "<|im_end|>\n": the "\n"; build_trainer swaps the pad token for training when a template ends with it).
+# Scoring below builds the same ids and reads the head at position length-1 of each row, from the lengths, never
+# from pad_token_id: with pad == eos (SmolLM2) an EOS inside the sequence cannot be mistaken for padding.
+
+
+def conversation_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, str]] | str, response: str
+) -> list[int]:
+    """Token ids of one (prompt, response) conversation exactly as RewardTrainer makes them for a pair."""
+    from annotate.schema import as_messages
+
+    messages = as_messages(prompt) + [{"role": "assistant", "content": response}]
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+
+
+def response_text(tokenizer: PreTrainedTokenizerBase, ids: list[int] | torch.Tensor) -> str:
+    """A sampled response as the text the reward model scores: cut at the first EOS, special tokens dropped, stripped.
+
+    PPO rollouts, RLOO completions and `evaluate` answers all go through this, so the same ids give the same text.
+    """
+    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def length_batches(lengths: list[int], max_rows: int, max_padding: float = 0.1) -> list[list[int]]:
+    """Indices grouped into batches of similar length: each batch's padded size (rows x longest) stays within
+    (1 + max_padding) x its real tokens, and at most `max_rows` rows.
+
+    Sorted ascending, the next sequence is the longest of the batch it joins, so the bound is checked as it is added;
+    a batch of one has no padding, so every sequence fits somewhere.
+    """
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        n = lengths[i]
+        if cur and (len(cur) == max_rows or (len(cur) + 1) * n > (1 + max_padding) * (real + n)):
+            batches.append(cur)
+            cur, real = [], 0
+        cur.append(i)
+        real += n
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def last_token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Head output at each row's true last token: input_ids, attention_mask (B, L) right-padded -> (B,).
+
+    The backbone runs once; the score head (a linear layer, applied per token by the model's own forward) is applied
+    to the hidden state at position length-1 only.
+    """
+    import torch
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the adapted model
+    if not hasattr(inner, "score"):
+        raise ValueError(f"{type(inner).__name__} has no `score` head: not a *ForSequenceClassification reward model")
+    backbone = getattr(inner, inner.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (B,L,H)
+    last = attention_mask.sum(-1) - 1  # (B,)
+    pooled = hidden[torch.arange(len(last), device=hidden.device), last]  # (B, H)
+    return inner.score(pooled)[:, 0].float()  # (B,)
+
+
+def score_ids(
+    model: PreTrainedModel,
+    ids: list[list[int]],
+    batch_size: int = 32,
+    max_padding: float = 0.1,
+    desc: str | None = None,
+) -> list[float]:
+    """Reward of each token sequence, batched by length (see length_batches), in the input order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = [0.0] * len(ids)
+    try:
+        for batch in tqdm(length_batches([len(x) for x in ids], batch_size, max_padding), desc=desc,
+                          disable=desc is None, leave=False):  # fmt: skip
+            width = max(len(ids[i]) for i in batch)
+            # Right padding: real tokens never attend to it (causal), and the pad id is never read (lengths are).
+            input_ids = torch.tensor([ids[i] + [0] * (width - len(ids[i])) for i in batch], device=device)
+            mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in batch], device=device)
+            with torch.no_grad():
+                scores = last_token_scores(model, input_ids, mask).cpu().tolist()
+            for i, s in zip(batch, scores):
+                out[i] = s
+    finally:
+        model.train(was_training)
+    return out
 
 
 def score(
@@ -83,37 +188,34 @@ def score(
     prompts: list[list[dict[str, str]] | str],
     responses: list[str],
     batch_size: int = 32,
+    max_padding: float = 0.1,
+    desc: str | None = None,
 ) -> list[float]:
-    """Reward of each (prompt, response), formatted by the chat template exactly as RewardTrainer formats pairs."""
-    import torch
-
-    from annotate.schema import as_messages
-
+    """Reward of each (prompt, response), formatted by the chat template exactly as RewardTrainer formats pairs and
+    read at the conversation's last token. Batched by length: padding is at most `max_padding` of the real tokens."""
     if len(prompts) != len(responses):
         raise ValueError(f"score: {len(prompts)} prompts but {len(responses)} responses")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    old_side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    out: list[float] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            convs = [
-                as_messages(p) + [{"role": "assistant", "content": r}]
-                for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])
-            ]
-            ids = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"] for c in convs]
-            batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)
-            with torch.no_grad():
-                logits = model(**batch).logits  # (B, 1)
-            out.extend(logits[:, 0].float().cpu().tolist())
-    finally:
-        tokenizer.padding_side = old_side
-        model.train(was_training)
-    return out
+    ids = [conversation_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    return score_ids(model, ids, batch_size, max_padding, desc)
 
 
-def score_pool(pool: pa.Table, model_dir: str | Path, batch_size: int = 32, chunk: int = 256) -> dict:
+def reward_function(model: PreTrainedModel, reward_tokenizer, policy_tokenizer, batch_size: int = 32):
+    """A TRL reward function (RLOO's `reward_funcs`) scoring completions through `score`, as PPO and evaluate do.
+
+    TRL would otherwise re-tokenize the chat-templated text itself and read the head at the last non-pad token.
+    """
+
+    def reward_model(prompts: list, completions: list, completion_ids: list[list[int]] | None = None, **_) -> list:
+        if completion_ids is not None:  # the sampled ids, decoded as PPO decodes its rollouts
+            texts = [response_text(policy_tokenizer, ids) for ids in completion_ids]
+        else:
+            texts = [(c[-1]["content"] if isinstance(c, list) else c).strip() for c in completions]
+        return score(model, reward_tokenizer, prompts, texts, batch_size)
+
+    return reward_model
+
+
+def score_pool(pool: pa.Table, model_dir: str | Path, batch_size: int = 32, chunk: int = 4096) -> dict:
     """Reward of every pool candidate: {(prompt_id, response_id): float}, with a progress bar."""
     from tqdm import tqdm
 
@@ -123,7 +225,7 @@ def score_pool(pool: pa.Table, model_dir: str | Path, batch_size: int = 32, chun
     tokenizer = load_tokenizer(str(model_dir))
     model = load_reward_model(str(model_dir), tokenizer)
     rewards: list[float] = []
-    # Chunks larger than a batch: the bar moves, score() still batches and pads within each chunk.
+    # Chunks of many batches: the bar moves, and score() still sorts each chunk by length before batching it.
     for start in tqdm(range(0, len(rows), chunk), desc=f"Scoring pool with {Path(model_dir).name}", unit="chunk"):
         part = rows[start : start + chunk]
         rewards += score(model, tokenizer, [r["prompt"] for r in part], [r["response"] for r in part], batch_size)
@@ -138,24 +240,33 @@ def active_strategy(pool: pa.Table, model_dir: str | Path, **kw) -> ActiveStrate
                           model_dir=model_dir, **kw)  # fmt: skip
 
 
-def heldout_report(model, tokenizer, test: Dataset, batch_size: int = 32, length_coef: float = 0.0) -> dict[str, Any]:
-    """Pairwise accuracy, mean margin and reward-vs-length correlation (Pearson, Spearman) on held-out pairs.
-
-    `length_coef` (reward per response token) adds a fitted length term back, to report a joint fit with it.
-    """
+def heldout_scores(model, tokenizer, test: Dataset, batch_size: int = 32) -> dict[str, Any]:
+    """Rewards of the chosen and rejected responses of held-out pairs, scored in one length-sorted pass, and the
+    response lengths in tokens: what heldout_report summarises (score once per model, report as often as needed)."""
     import numpy as np
-    from scipy import stats
 
     prompts = list(test["prompt"])
     chosen = [m[0]["content"] for m in test["chosen"]]
     rejected = [m[0]["content"] for m in test["rejected"]]
+    rewards = np.array(score(model, tokenizer, prompts + prompts, chosen + rejected, batch_size))
     lengths = np.array([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in chosen + rejected])
-    r_c = np.array(score(model, tokenizer, prompts, chosen, batch_size)) + length_coef * lengths[: len(chosen)]
-    r_r = np.array(score(model, tokenizer, prompts, rejected, batch_size)) + length_coef * lengths[len(chosen) :]
-    rewards = np.concatenate([r_c, r_r])
+    return {"rewards": rewards, "lengths": lengths, "pairs": len(test)}
+
+
+def report_from_scores(scored: dict[str, Any], length_coef: float = 0.0) -> dict[str, Any]:
+    """Pairwise accuracy, mean margin and reward-vs-length correlation (Pearson, Spearman) from heldout_scores.
+
+    `length_coef` (reward per response token) adds a fitted length term back, to report a joint fit with it.
+    """
+    from scipy import stats
+
+    n = scored["pairs"]
+    rewards = scored["rewards"] + length_coef * scored["lengths"]
+    lengths = scored["lengths"]
+    r_c, r_r = rewards[:n], rewards[n:]
     varied = rewards.std() > 0 and lengths.std() > 0  # correlation is undefined for a constant
     return {
-        "eval_pairs": len(test),
+        "eval_pairs": n,
         "eval_accuracy": float((r_c > r_r).mean() + 0.5 * (r_c == r_r).mean()),  # ties count half
         "eval_margin_mean": float((r_c - r_r).mean()),
         "eval_reward_mean": float(rewards.mean()),
@@ -163,6 +274,11 @@ def heldout_report(model, tokenizer, test: Dataset, batch_size: int = 32, length
         "eval_length_pearson": float(stats.pearsonr(rewards, lengths)[0]) if varied else None,
         "eval_length_spearman": float(stats.spearmanr(rewards, lengths)[0]) if varied else None,
     }
+
+
+def heldout_report(model, tokenizer, test: Dataset, batch_size: int = 32, length_coef: float = 0.0) -> dict[str, Any]:
+    """report_from_scores(heldout_scores(...)): held-out accuracy, margin and reward-length correlation."""
+    return report_from_scores(heldout_scores(model, tokenizer, test, batch_size), length_coef)
 
 
 def length_balanced(ds: Dataset, seed: int = 0, bins: int = 4) -> Dataset:
@@ -253,6 +369,27 @@ def length_debias_trainer(**kw):
     return LengthDebiasTrainer(**kw)
 
 
+def training_tokenizer(tokenizer: PreTrainedTokenizerBase, example: dict) -> PreTrainedTokenizerBase:
+    """The tokenizer RewardTrainer gets: `tokenizer`, or a copy whose pad token is not the conversations' last token.
+
+    RewardTrainer pads with the pad id and its head reads the rightmost token that is not the pad id. A template that
+    ends every conversation with the pad token (pad == eos, and a template ending in eos, as Llama-3's does) would
+    make training read the token before it while score() reads the last one; with another pad both read the last.
+    """
+    import copy
+
+    final = conversation_ids(tokenizer, example["prompt"], example["chosen"][0]["content"])[-1]
+    if tokenizer.pad_token_id != final:
+        return tokenizer  # ChatML (SmolLM2): conversations end with "\n" after <|im_end|>, never the pad
+    for pad in (tokenizer.unk_token, tokenizer.bos_token, *tokenizer.all_special_tokens, *tokenizer.get_vocab()):
+        if pad is not None and tokenizer.convert_tokens_to_ids(pad) != final:
+            break
+    out = copy.deepcopy(tokenizer)
+    out.pad_token = pad  # only pads training batches: masked out, and never the last real token
+    print(f"[reward] the chat template ends with the pad token {tokenizer.pad_token!r}; training pads with {pad!r}")
+    return out
+
+
 def build_trainer(cfg: RewardArgs):
     """(trainer, tokenizer, held-out set, data info): everything prepared, nothing trained yet."""
     from trl import RewardConfig, RewardTrainer
@@ -288,7 +425,7 @@ def build_trainer(cfg: RewardArgs):
         model=model,
         args=args,
         train_dataset=trainer_columns(train),
-        processing_class=tokenizer,
+        processing_class=training_tokenizer(tokenizer, train[0]),
         peft_config=peft_config,
         callbacks=[metrics_callback(cfg.output_dir)],
     )
@@ -315,21 +452,21 @@ def run(cfg: RewardArgs) -> dict[str, Any]:
     """Train, save, and evaluate on held-out pairs; returns the held-out results."""
     out = start_run(cfg)
     trainer, tokenizer, test, info = build_trainer(cfg)
-    before = heldout_report(trainer.model, tokenizer, test, cfg.score_batch_size)
+    # No "before" report: an untrained head is a random projection, its held-out accuracy says nothing.
     trainer.train()
     model = trainer.model
     if cfg.lora_r > 0:
         model = model.merge_and_unload()  # a plain checkpoint that score() and the other commands load directly
+    model.config.pad_token_id = tokenizer.pad_token_id  # training may have padded with another token
     if is_main_process():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-    results = heldout_report(model, tokenizer, test, cfg.score_batch_size)
-    results["eval_accuracy_before"] = before["eval_accuracy"]
-    results["eval_length_spearman_before"] = before["eval_length_spearman"]
+    scored = heldout_scores(model, tokenizer, test, cfg.score_batch_size)  # once: every report below reuses it
+    results = report_from_scores(scored)
     results["length_debias"] = cfg.length_debias
     if cfg.length_debias == "joint":
         coef = float(trainer.length_w.detach()) / trainer.length_scale  # reward per token of length
-        full = heldout_report(model, tokenizer, test, cfg.score_batch_size, length_coef=coef)
+        full = report_from_scores(scored, length_coef=coef)
         results["length_weight_per_token"] = coef
         results["eval_accuracy_with_length_term"] = full["eval_accuracy"]
         results["eval_length_spearman_with_length_term"] = full["eval_length_spearman"]
@@ -343,9 +480,8 @@ def run(cfg: RewardArgs) -> dict[str, Any]:
         "A reward model (sequence classification, one output) trained on pairwise preferences.",
     )
     print(
-        f"[reward] held-out accuracy {results['eval_accuracy']:.3f} on {results['eval_pairs']} pairs "
-        f"(before training {before['eval_accuracy']:.3f}); reward~length Spearman {results['eval_length_spearman']}"
-        f" (before training {before['eval_length_spearman']})"
+        f"[reward] held-out accuracy {results['eval_accuracy']:.3f} on {results['eval_pairs']} pairs; "
+        f"reward~length Spearman {results['eval_length_spearman']}"
     )
     if cfg.length_debias == "joint":
         print(

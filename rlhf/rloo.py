@@ -2,9 +2,11 @@
 alternative to PPO: no value model, the baseline of each sample is the mean reward of the other samples of the same
 prompt (REINFORCE leave-one-out, Ahmadian et al. 2024, arXiv 2402.14740, Eq. 4).
 
-The reward model from `rlhf/train.py reward` is passed to the trainer as its reward function; TRL formats each
-prompt + completion with the reward model's chat template and reads the score head. Held-out prompts are scored
-before and after training with the same sampler as PPO (eval.json: score_before, score, kl).
+The reward model from `rlhf/train.py reward` becomes the trainer's reward function through rlhf.reward.score: each
+completion is decoded as PPO decodes its rollouts and scored as the chat-templated conversation read at its last
+token, the numbers reward evaluation, PPO and `evaluate` give (TRL's own path for a model would re-tokenize the text
+and read the head at the last non-pad token, which misreads when pad == eos). Held-out prompts are scored before
+and after training with the same sampler as PPO (eval.json: score_before, score, kl).
 """
 
 from __future__ import annotations
@@ -59,21 +61,21 @@ def train(cfg: RLOOArgs) -> dict[str, Any]:
     from rlhf.data import heldout_path, load_prompts, split_prompts
     from rlhf.models import load_tokenizer, resolve_model
     from rlhf.ppo import PPOConfig, _policy_and_value, encode_prompts, heldout
-    from rlhf.reward import load_reward_model
+    from rlhf.reward import load_reward_model, reward_function
 
     device = "cuda" if use_cuda(cfg) else "cpu"
     tok = load_tokenizer(cfg.model)
     tok.padding_side = "left"
     rm_tok = load_tokenizer(cfg.reward_model)
-    reward = load_reward_model(cfg.reward_model, rm_tok)
+    reward = load_reward_model(cfg.reward_model, rm_tok).to(device).eval().requires_grad_(False)
     eval_path = heldout_path(cfg.data, cfg.eval_data)
     train_p, test_p = split_prompts(load_prompts(cfg.data), eval_path, cfg.test_fraction, cfg.seed)
     limit = cfg.max_length - cfg.response_length
-    n_tokens = [len(x) for x in encode_prompts(train_p, tok, 10**9, "train")]
+    n_tokens = [len(x.ids) for x in encode_prompts(train_p, tok, 10**9, "train")]
     train_p = [p for p, n in zip(train_p, n_tokens) if n <= limit]
     if len(train_p) < len(n_tokens):
         print(f"[rloo] train: dropped {len(n_tokens) - len(train_p)} prompts over {limit} tokens")
-    test_ids = encode_prompts(test_p, tok, limit, "held-out")[: cfg.eval_prompts]
+    test_q = encode_prompts(test_p, tok, limit, "held-out")[: cfg.eval_prompts]
 
     # Held-out numbers come from PPO's sampler, so PPO and RLOO runs compare like for like.
     ev = PPOConfig(response_length=cfg.response_length, temperature=cfg.temperature, seed=cfg.seed)
@@ -81,24 +83,22 @@ def train(cfg: RLOOArgs) -> dict[str, Any]:
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval().requires_grad_(False)
 
     def measure(policy) -> dict[str, float]:
-        rm = reward.to(device).eval()
-        return heldout(_policy_and_value(policy.to(device).eval(), rm), ref, rm, test_ids, ev, tok, device)
+        return heldout(_policy_and_value(policy.to(device).eval(), reward), ref, reward, rm_tok, test_q, ev, tok)
 
     before = measure(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32))
     trainer = RLOOTrainer(
         model=path,
-        reward_funcs=reward,
+        reward_funcs=reward_function(reward, rm_tok, tok),
         args=_trl_config(cfg),
         train_dataset=Dataset.from_dict({"prompt": train_p}),
         processing_class=tok,
-        reward_processing_classes=rm_tok,
     )
     trainer.add_callback(metrics_callback(cfg.output_dir))
     trainer.train()
     trainer.save_model(cfg.output_dir)
     tok.save_pretrained(cfg.output_dir)
     after = measure(trainer.model)
-    return {f"{k}_before": v for k, v in before.items()} | after | {"heldout_prompts": len(test_ids)}
+    return {f"{k}_before": v for k, v in before.items()} | after | {"heldout_prompts": len(test_q)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import pytest
 from rlhf import train
 from rlhf.data import arithmetic_tokenizer, load_preferences, write_synthetic_export
 from rlhf.models import save_tiny_model
+from rlhf.reward import score
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,13 @@ def trained(inputs):
     out = root / "run"
     argv = ["reward", "--model", model, "--data", str(train_path), "--output-dir", str(out), "--max-steps", "600"]
     argv += ["--learning-rate", "1e-3", "--per-device-train-batch-size", "16", "--logging-steps", "100"]
-    assert train.main(argv) == 0
+    from rlhf import reward
+
+    calls = []  # every score() call of the run, with how many conversations it scored
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reward, "score", lambda model, tok, p, r, *a, **k: calls.append(len(r)) or score(model, tok, p, r))
+        assert train.main(argv) == 0
+    (out / "score_calls.json").write_text(json.dumps(calls))
     return out
 
 
@@ -35,7 +42,10 @@ def test_heldout_accuracy_beats_chance(trained):
     results = json.loads((trained / "eval.json").read_text())
     assert results["eval_pairs"] == len(load_preferences(trained.parent / "data/prefs-test.parquet"))
     assert results["eval_accuracy"] >= 0.7, results  # 20 held-out prompts, none seen in training
-    assert abs(results["eval_accuracy_before"] - 0.5) < 0.2  # the untrained head is at chance
+    # The held-out set is scored once, by the trained model, chosen and rejected in one length-sorted pass (an
+    # untrained head's "before" accuracy would say nothing).
+    assert json.loads((trained / "score_calls.json").read_text()) == [2 * results["eval_pairs"]]
+    assert "eval_accuracy_before" not in results
     log = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]
     assert len(losses) == 6 and losses[-1] < losses[0]
@@ -44,7 +54,7 @@ def test_heldout_accuracy_beats_chance(trained):
 
 @pytest.mark.slow
 def test_score_ranks_correct_sums_and_reports_length_correlation(trained):
-    from rlhf.reward import heldout_report, load_reward_model, score
+    from rlhf.reward import heldout_report, load_reward_model
 
     tok = arithmetic_tokenizer()
     model = load_reward_model(str(trained), tok)
@@ -84,4 +94,5 @@ def test_lora_trains_adapters_and_saves_a_plain_checkpoint(inputs, tmp_path):
     key = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(before[key], after[key])  # the merged adapter moved the backbone
     assert "score.weight" in after
-    assert json.loads((out / "eval.json").read_text())["eval_pairs"] > 100
+    held_out = load_preferences(root / "data" / "prefs-test.parquet")  # the export's sibling test split
+    assert json.loads((out / "eval.json").read_text())["eval_pairs"] == len(held_out) > 50

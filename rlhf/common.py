@@ -235,7 +235,25 @@ def load_data(cfg: BaseConfig):
     tokenizer = load_tokenizer(cfg.model)
     kw = dict(eval_data=cfg.eval_data, test_fraction=cfg.test_fraction, seed=cfg.seed, max_length=cfg.max_length)
     train, test, info = prepare(cfg.data, tokenizer, **kw)
+    info["plan"] = plan(cfg, info)
     return (tokenizer, *shared_on_disk(train, test, cfg.output_dir), info)
+
+
+def plan(cfg: BaseConfig, info: dict[str, Any]) -> dict[str, Any]:
+    """What the run will cost, printed before it starts: optimizer steps, pairs and tokens through the model."""
+    import os
+
+    pairs, tokens = info["train"]["pairs"], info["train"]["tokens"] or 0
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
+    steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_train_epochs * pairs / per_step))
+    per_pair = tokens / pairs if pairs else 0.0
+    out = {"steps": steps, "pairs_per_step": per_step, "train_tokens": round(steps * per_step * per_pair),
+           "heldout_tokens": info["test"]["tokens"]}  # fmt: skip
+    print(f"[plan] {steps} optimizer steps x {per_step} pairs = about {out['train_tokens']:,} training tokens "
+          f"(chosen+rejected, {per_pair:.0f} per pair); held-out set {out['heldout_tokens'] or 0:,} tokens; "
+          f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}")  # fmt: skip
+    return out
 
 
 def shared_on_disk(train, test, out_dir: str | Path, timeout_s: float = 1800.0):

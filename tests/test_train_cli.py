@@ -143,3 +143,16 @@ def test_a_run_on_a_store_names_the_store_version_and_that_version_reads_the_sam
         s.append(late)
     assert load_preferences(pinned).to_list() == trained_on
     assert len(load_preferences(str(store))) == len(trained_on) + 1
+
+
+def test_the_plan_is_printed_before_training(tmp_path, capsys):
+    model = save_tiny_model(tmp_path / "tiny", arithmetic_tokenizer(), layers=1, hidden=32, heads=2)
+    data, _ = write_synthetic_export(tmp_path / "data", n_prompts=20, wrong_per_prompt=2)
+    args = ["reward", "--model", model, "--data", str(data), "--output-dir", str(tmp_path / "run"), "--device", "cpu",
+            "--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "2"]  # fmt: skip
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    pairs = json.loads((tmp_path / "run" / "eval.json").read_text())["train_pairs"]
+    steps = -(-pairs // 8)  # one epoch of 4 x 2 pairs per optimizer step
+    assert f"[plan] {steps} optimizer steps x 8 pairs" in out
+    assert out.index("[plan]") < out.index("[reward] held-out accuracy")

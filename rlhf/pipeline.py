@@ -62,6 +62,11 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         stages[name] = options or {}
     if not recipe.get("data"):
         raise _fail(f"{path}: 'data' is required (HH or TRL JSONL, a store, or an export)")
+    for name, options in stages.items():  # a typo fails now, not after the stages before it trained for an hour
+        fields = _config_fields(name)
+        for key in options:
+            if key.replace("-", "_") not in fields:
+                raise _fail(f"{path}: stage '{name}': unknown option '{key}' (see rlhf/train.py {name} --help)")
     needs_reward = [s for s in ("ppo", "rloo", "evaluate") if s in stages]
     if needs_reward and "reward" not in stages:
         raise _fail(f"{path}: stages {needs_reward} need the 'reward' stage")
@@ -74,6 +79,16 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not data.is_absolute() and not data.exists() and (base / data).exists():
         recipe["data"] = str(base / data)  # relative to the recipe when not to the working folder
     return recipe
+
+
+def _config_fields(stage: str) -> set[str]:
+    import dataclasses
+    import importlib
+
+    module, cls = {"reward": ("rlhf.reward", "RewardArgs"), "dpo": ("rlhf.dpo", "DPOArgs"),
+                   "ppo": ("rlhf.ppo", "PPOConfig"), "rloo": ("rlhf.rloo", "RLOOArgs"),
+                   "evaluate": ("rlhf.evaluate", "EvalConfig")}[stage]  # fmt: skip
+    return {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
 
 
 def _guess_format(data: str) -> str:

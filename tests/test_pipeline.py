@@ -58,7 +58,8 @@ def test_recipe_errors_name_the_key(tmp_path, capsys):
     for body, needle in (({"data": "x", "stagez": {}}, "unknown key 'stagez'"),
                          ({"data": "x", "stages": {"ppo": {}}}, "need the 'reward' stage"),
                          ({"data": "x", "stages": {"sft2": {}}}, "unknown stage 'sft2'"),
-                         ({"stages": {}}, "'data' is required")):  # fmt: skip
+                         ({"stages": {}}, "'data' is required"),
+                         ({"data": "x", "stages": {"reward": {"max_stepz": 3}}}, "option 'max_stepz'")):  # fmt: skip
         bad.write_text(yaml.safe_dump(body))
         with pytest.raises(SystemExit) as e:
             pipeline.load_recipe(bad)

@@ -27,8 +27,6 @@ import pyarrow as pa
 from annotate.audit_features import CONFIDENCE_MARKERS, FEATURES, HEDGE_MARKERS, pair_features
 from annotate.pool import GoldMap, gold_pairs
 
-LABELS = ("lo", "hi", "tie", "both_bad")  # label codes 0..3; -1 = skip
-
 RANDOM_CLICKER_RULE = (
     "An annotator is flagged as a random clicker when (1) at least {min_n} of their votes can be checked against "
     "the majority of the other annotators on the same pair (or, failing that, against gold pairs), (2) their "

@@ -36,8 +36,6 @@ import pyarrow.compute as pc
 
 from annotate.schema import MESSAGES, PAIR_FLAGS, SchemaError
 
-TEXT_COLUMNS = ["prompt", "chosen", "rejected"]
-
 
 def _one_message(text: pa.Array) -> pa.Array:
     """Strings -> list<struct<role, content>> with one assistant message each, without a Python loop."""

@@ -508,12 +508,6 @@ class ComparisonStore:
     def read(self) -> pa.Table:
         return read_table(str(self.root))
 
-    def to_pandas(self) -> pd.DataFrame:
-        return self.read().to_pandas()
-
-    def __len__(self) -> int:
-        return self.read().num_rows
-
     # -- maintenance -----------------------------------------------------------------------------------------------
     def seal_orphans(self) -> int:
         """Seal the segments of dead writers (one commit); returns how many records were sealed."""

@@ -233,9 +233,7 @@ def write_outputs(out: Path, summary: dict[str, Any], examples: list[dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = parse_config(EvalConfig, argv, prog="train.py evaluate")
     missing = [f"--{n.replace('_', '-')}" for n in ("policy", "reward_model", "prompts") if not getattr(cfg, n)]
     if missing:

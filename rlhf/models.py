@@ -75,7 +75,20 @@ def default_checkpoint() -> Path:
 
 
 def _convert_gguf(gguf: Path, dest: Path) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # otherwise saving tries to reach the Hub
+    # Offline for this step only (saving otherwise tries to reach the Hub); a Hub id loaded later in the same
+    # process must still be fetchable.
+    before = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        _convert_offline(gguf, dest)
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before
+
+
+def _convert_offline(gguf: Path, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)

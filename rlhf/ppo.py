@@ -485,9 +485,7 @@ def train(cfg: PPOConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = parse_config(PPOConfig, argv, prog="train.py ppo")
     if not cfg.reward_model:
         raise SystemExit("error: --reward-model is required (train one with `rlhf/train.py reward`)")

@@ -154,12 +154,6 @@ def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float =
     return picked - torch.logsumexp(logits, dim=-1)  # avoids materialising the full (B, T, V) log_softmax
 
 
-def entropy_of(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the categorical distribution per position: (B, T, V) -> (B, T)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
 @dataclass
 class FixedKLController:
     """A constant KL coefficient beta."""

@@ -102,9 +102,7 @@ def train(cfg: RLOOArgs) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = parse_config(RLOOArgs, argv, prog="train.py rloo")
     if not cfg.reward_model:
         raise SystemExit("error: --reward-model is required (train one with `rlhf/train.py reward`)")

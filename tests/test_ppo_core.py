@@ -102,5 +102,3 @@ def test_logprobs_with_temperature():
     assert core.logprobs_of(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75), abs=1e-6)
     expected = math.log(math.sqrt(3) / (1 + math.sqrt(3)))
     assert core.logprobs_of(logits, torch.tensor([[1]]), temperature=2.0).item() == pytest.approx(expected, abs=1e-6)
-    # entropy of [1/4, 3/4] = -(0.25 ln 0.25 + 0.75 ln 0.75)
-    assert core.entropy_of(logits).item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))

@@ -33,17 +33,23 @@ import hashlib
 import json
 import os
 import sys
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from annotate.pool import iter_jsonl, iter_parquet, read_pool
-from annotate.schema import SchemaError, as_messages, check_messages, new_comparison, prompt_id_for
+from annotate.schema import (
+    SchemaError,
+    as_messages,
+    check_messages,
+    comparison_id_for,
+    content_key,
+    new_comparison,
+    prompt_id_for,
+)
 
 ASSISTANT = "\n\nAssistant:"
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-_ID_NAMESPACE = uuid.UUID("6f1c2b1e-6a43-4d0e-9a8e-2f1f4d2a7c10")  # fixed: ids must be stable across runs
 # prompt_id_for (imported above) is the schema's one prompt id; annotate.importers.prompt_id_for stays importable.
 
 
@@ -187,21 +193,12 @@ def read_trl(path: Path) -> list[tuple[str, list, str, str]]:
 
 
 # -- into the store --------------------------------------------------------------------------------------------
-def _content_key(prompt: list[dict[str, str]], chosen: str, rejected: str) -> str:
-    return hashlib.sha1(json.dumps([prompt, chosen, rejected], ensure_ascii=False).encode()).hexdigest()
-
-
-def comparison_id_for(fmt: str, annotator: str, prompt: list[dict[str, str]], chosen: str, rejected: str) -> str:
-    """The id of one imported vote: its content and who gave it, never its place in the file (see module doc)."""
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{fmt}\0{annotator}\0{_content_key(prompt, chosen, rejected)}"))
-
-
 def drop_duplicates(pairs: list) -> tuple[list, list[str]]:
     """(pairs with each (prompt, chosen, rejected) once, first occurrence kept; the places of the repeats)."""
     seen: set[str] = set()
     out, repeats = [], []
     for pair in pairs:
-        key = _content_key(*pair[1:])
+        key = content_key(*pair[1:])
         if key in seen:
             repeats.append(pair[0])
         else:

@@ -271,3 +271,18 @@ def _castable(got: pa.DataType, want: pa.DataType) -> bool:
         return True
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False
+
+
+# Fixed namespace: imported votes must get the same ids on every run and machine.
+_ID_NAMESPACE = uuid.UUID("6f1c2b1e-6a43-4d0e-9a8e-2f1f4d2a7c10")
+
+
+def content_key(prompt: list[dict[str, str]], chosen: str, rejected: str) -> str:
+    """A hash of one pair's content (prompt, chosen, rejected): repeated records within a source share it."""
+    return hashlib.sha1(json.dumps([prompt, chosen, rejected], ensure_ascii=False).encode()).hexdigest()
+
+
+def comparison_id_for(fmt: str, annotator: str, prompt: list[dict[str, str]], chosen: str, rejected: str) -> str:
+    """The id of one imported vote: its content and who gave it, never its place in the file (annotate.importers
+    explains the choice). Here, beside the schema, because the store's migration gives old imports these ids too."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{fmt}\0{annotator}\0{content_key(prompt, chosen, rejected)}"))

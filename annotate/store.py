@@ -711,7 +711,7 @@ def _reid_imports(table: pa.Table) -> pa.Table:
     """Imported records of the old format have ids built from their line number; give them the content-derived id
     an import gives them now, so re-importing the same file after the migration adds nothing. Nothing refers to an
     imported record's id (imports are never retracted), and the old files stay in the backup."""
-    from annotate.importers import comparison_id_for
+    from annotate.schema import comparison_id_for
 
     sessions = table.column("session").to_pylist()
     if not any(s and s.startswith("import:") for s in sessions):

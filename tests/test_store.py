@@ -392,7 +392,7 @@ def legacy_store(root: Path) -> list[str]:
     (root / "wal" / "seg-cc.jsonl").write_bytes(lines + lines[:20])  # with a torn, never acknowledged tail
     (root / "pool").mkdir()
     (root / "pool" / "pool-1.parquet").write_bytes(b"pool")
-    from annotate.importers import comparison_id_for
+    from annotate.schema import comparison_id_for
 
     r = imported[0]
     new_id = comparison_id_for("trl", r["annotator"], r["prompt"], r["response_a"], r["response_b"])

@@ -86,4 +86,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import os
+
+    code = main()
+    # Skip the interpreter's teardown, where Arrow's and deltalake's background threads can abort a finished command
+    # ("terminate called without an active exception": apache/arrow#34314, delta-rs#2184). Files are closed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

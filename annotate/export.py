@@ -229,26 +229,6 @@ def check_options(*, test_fraction: float, min_agreement: float, seed: int) -> N
         raise SchemaError(f"--seed: must be a non-negative integer, got {seed}")
 
 
-def _is_url(spec: str) -> bool:
-    return "://" in spec
-
-
-def check_store(store: str) -> None:
-    """A local --store (or DIR@VERSION) must be an existing store folder; URLs are left to the store to check."""
-    from annotate.store import StoreError, is_store, parse_store_spec
-
-    root, _ = parse_store_spec(store)
-    if _is_url(root):
-        return
-    path = Path(root)
-    if not path.exists():
-        raise StoreError(f"{root}: no such store")
-    if not path.is_dir():
-        raise StoreError(f"{root}: is a file, not a store folder")
-    if not is_store(path):
-        raise StoreError(f"{root}: not a store (no comparisons were ever written there)")
-
-
 def check_outputs(paths: list[Path]) -> None:
     """Each output must name a file that can be created: not a folder, not under a file, not inside a store (whose
     folder belongs to the store's own files)."""
@@ -287,7 +267,6 @@ def export(
     check_options(test_fraction=test_fraction, min_agreement=min_agreement, seed=seed)
     files = [out.with_name(f"{out.stem}-{part}{out.suffix}") for part in ("train", "test")] if test_fraction else [out]
     check_outputs(files)
-    check_store(str(store))
     table, info = snapshot(str(store), live=live)
     votes = usable_votes(table)
     stats = {

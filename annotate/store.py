@@ -290,13 +290,13 @@ def prepare(root: str | os.PathLike, *, create: bool) -> Path:
         raise StoreError(f"{root}: is a file, not a store folder")
     if not root.exists():
         if not create:
-            raise FileNotFoundError(f"{root}: no store here")
+            raise FileNotFoundError(f"{root}: no such store")
         root.mkdir(parents=True, exist_ok=True)  # several processes may create one store at once
     if _is_legacy(root):
         _migrate(root)
     if not _table_exists(root):
         if not create:
-            raise StoreError(f"{root}: not a comparison store (no Delta table: _delta_log/)")
+            raise StoreError(f"{root}: not a store (no Delta table of comparisons: no _delta_log/)")
         _refuse_foreign(root)  # before the lock, whose file would be the first thing written into the folder
         # Under the lock: a table another process is creating right now is complete once we hold it.
         with _store_lock(root, exclusive=True):

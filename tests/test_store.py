@@ -189,7 +189,7 @@ def test_append_validates_and_missing_store_is_reported(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_table(str(tmp_path / "nope"))
     (tmp_path / "plain").mkdir()
-    with pytest.raises(StoreError, match="not a comparison store"):
+    with pytest.raises(StoreError, match="not a store"):
         read_table(str(tmp_path / "plain"))
     (tmp_path / "plain" / "notes.txt").write_text("mine")
     with pytest.raises(StoreError, match="not empty and not a store"):

@@ -8,8 +8,11 @@ Losses (h = beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(
                 normalisation SimPO uses, Eq. 4 of arXiv 2405.14734, but keeping the reference model).
 `--ld-alpha` adds LD-DPO's down-weighting of the tokens past the shorter response (arXiv 2409.06411) to any of them.
 
-The reference is always an explicit frozen copy of the starting policy: given a policy built in memory and no
-reference, TRL would load a model *by name* from the policy's config, which may be a different model.
+The reference is the starting policy itself. With `--precompute-ref-log-probs` (the default) TRL scores every train
+and held-out pair with the policy before the first step and keeps no reference model at all (one model's weights
+less in memory: 0.54 GB fp32 for the default model). Without precompute it gets an explicit frozen copy: given a
+policy built in memory and no reference, TRL would then load a model *by name* from the policy's config, which may
+be a different model.
 """
 
 from __future__ import annotations
@@ -17,28 +20,19 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from rlhf.common import (
-    BaseConfig,
-    PackingConfig,
-    load_data,
-    metrics_callback,
-    row_tokens,
-    start_run,
-    trl_args,
-    write_eval,
-    write_model_card,
-)
-from rlhf.config import parse_config
+from rlhf.common import BaseConfig, PackingConfig, ResumeConfig, load_data, metrics_callback, row_tokens, trl_args
+from rlhf.skeleton import TrainerRun
 
 LOSS_TYPES = ["sigmoid", "ipo", "sigmoid_norm"]
 
 
 @dataclass
-class DPOArgs(PackingConfig, BaseConfig):
+class DPOArgs(ResumeConfig, PackingConfig, BaseConfig):
     """Direct preference optimisation of a policy on preference pairs (TRL DPOTrainer)."""
 
+    trl_config_class: ClassVar[str] = "trl.DPOConfig"  # its other fields are options too (rlhf/config.py)
     output_dir: str = field(default="runs/dpo", metadata={"help": "where the model, config and metrics go"})
     beta: float = field(default=0.1, metadata={"help": "strength of the pull towards the reference (tau for ipo)"})
     loss_type: str = field(
@@ -62,6 +56,11 @@ def frozen_copy(model):
     ref = copy.deepcopy(model)
     ref.requires_grad_(False)
     return ref.eval()
+
+
+def _fsdp(args) -> bool:
+    """FSDP from the config or from `accelerate launch` (the two ways TRL's `is_fsdp_enabled` becomes true)."""
+    return bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
 def build_trainer(cfg: DPOArgs):
@@ -90,7 +89,9 @@ def build_trainer(cfg: DPOArgs):
     trainer_cls = packed_dpo_trainer(row_tokens(cfg)) if cfg.packing else DPOTrainer
     trainer = trainer_cls(
         model=policy,
-        ref_model=frozen_copy(policy),
+        # None only where TRL reads the reference from the untouched policy before training (dpo_trainer.py, the
+        # `precompute_ref_log_probs and not fsdp` branch); FSDP or no precompute get an explicit frozen copy.
+        ref_model=None if cfg.precompute_ref_log_probs and not _fsdp(args) else frozen_copy(policy),
         args=args,
         train_dataset=trainer_columns(train),
         eval_dataset=trainer_columns(test),
@@ -106,28 +107,38 @@ def implicit_margin(trainer) -> dict[str, float]:
     return {"margin": m["eval_rewards/margins"], "accuracy": m["eval_rewards/accuracies"], "loss": m["eval_loss"]}
 
 
+class DPORun(TrainerRun):
+    """Held-out implicit reward margin before (~0 by construction: policy == reference at step 0) and after."""
+
+    command, config_class = "dpo", DPOArgs
+
+    def build(self) -> Any:
+        trainer, self.info = build_trainer(self.cfg)
+        return trainer
+
+    def measure(self) -> dict[str, Any]:
+        return implicit_margin(self.trainer)
+
+    def results(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        results = {f"eval_{k}": v for k, v in after.items()}
+        results.update({f"eval_{k}_before": v for k, v in before.items()})
+        results.update({f"train_{k}": v for k, v in self.info["train"].items()})
+        results["eval_pairs"] = self.info["test"]["pairs"]
+        return results
+
+    def about(self) -> str:
+        return f"A policy trained with DPO (loss `{self.cfg.loss_type}`, beta {self.cfg.beta})."
+
+    def summary(self, results: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> str:
+        return (
+            f"[dpo] held-out implicit reward margin {before['margin']:.4f} -> {after['margin']:.4f}, "
+            f"accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f} on {results['eval_pairs']} pairs"
+        )
+
+
 def run(cfg: DPOArgs) -> dict[str, Any]:
-    out = start_run(cfg)
-    trainer, info = build_trainer(cfg)
-    before = implicit_margin(trainer)  # ~0 by construction: policy == reference at step 0
-    trainer.train()
-    after = implicit_margin(trainer)
-    trainer.save_model(str(out))  # rank 0 only, with the weights gathered under ZeRO-3/FSDP
-    results = {f"eval_{k}": v for k, v in after.items()}
-    results.update({f"eval_{k}_before": v for k, v in before.items()})
-    results.update({f"train_{k}": v for k, v in info["train"].items()})
-    results["eval_pairs"] = info["test"]["pairs"]
-    write_eval(out, results)
-    write_model_card(out, cfg, "dpo", results, f"A policy trained with DPO (loss `{cfg.loss_type}`, beta {cfg.beta}).")
-    print(
-        f"[dpo] held-out implicit reward margin {before['margin']:.4f} -> {after['margin']:.4f}, "
-        f"accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f} on {results['eval_pairs']} pairs"
-    )
-    return results
+    return DPORun(cfg).run()
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(DPOArgs, argv, prog="python rlhf/train.py dpo")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run(cfg)
-    return 0
+    return DPORun.main(argv)

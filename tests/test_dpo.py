@@ -47,7 +47,10 @@ def test_reference_is_the_frozen_starting_policy(inputs, tmp_path):
     from rlhf.dpo import DPOArgs, build_trainer
 
     root, model, data = inputs
-    cfg = DPOArgs(model=model, data=str(data), output_dir=str(tmp_path), max_steps=5, learning_rate=1e-2, beta=1.0)
+    cfg = DPOArgs(
+        model=model, data=str(data), output_dir=str(tmp_path), max_steps=5, learning_rate=1e-2, beta=1.0,
+        precompute_ref_log_probs=False,
+    )
     trainer, _ = build_trainer(cfg)
     policy, ref = trainer.model, trainer.ref_model
     start = {k: v.clone() for k, v in policy.state_dict().items()}
@@ -58,6 +61,23 @@ def test_reference_is_the_frozen_starting_policy(inputs, tmp_path):
     trainer.train()
     assert all(torch.equal(start[k], v) for k, v in ref.state_dict().items())  # frozen through training
     assert any(not torch.equal(start[k], v) for k, v in policy.state_dict().items())  # the policy moved
+
+
+def test_precomputed_reference_keeps_no_model_and_matches_the_frozen_copy(inputs, tmp_path):
+    """The default (precompute) holds no second model, and its reference log-probs are the frozen copy's."""
+    from rlhf.dpo import DPOArgs, build_trainer
+
+    root, model, data = inputs
+    kw = dict(model=model, data=str(data), max_steps=5, learning_rate=1e-2, beta=1.0, packing=False)
+    pre, _ = build_trainer(DPOArgs(output_dir=str(tmp_path / "pre"), **kw))
+    assert pre.ref_model is None
+    copy_, _ = build_trainer(DPOArgs(output_dir=str(tmp_path / "copy"), precompute_ref_log_probs=False, **kw))
+    want = copy_._precompute_ref_logps(copy_.train_dataset, "train", 8)  # scored by the explicit frozen copy
+    for col in ("ref_chosen_logps", "ref_rejected_logps"):
+        assert pre.train_dataset[col] == pytest.approx(want[col], abs=1e-4)
+    assert pre.evaluate()["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    pre.train()  # the trained policy is scored against the precomputed start, not against itself
+    assert pre.evaluate()["eval_rewards/margins"] != pytest.approx(0.0, abs=1e-4)
 
 
 @pytest.mark.parametrize("loss, extra", [("ipo", ["--precompute-ref-log-probs"]), ("sigmoid_norm", [])])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -391,7 +392,8 @@ def make_optimizer(cfg: PPOConfig, model: torch.nn.Module) -> torch.optim.Optimi
     --weight-decay on every weight but biases and norms, the split transformers' Trainer.get_decay_parameter_names
     makes (decoupled weight decay, Loshchilov & Hutter 2019)."""
     import torch
-    from transformers.trainer_pt_utils import get_parameter_names
+
+    from rlhf.trl_compat import get_parameter_names  # transformers.trainer_pt_utils: behind the version check
 
     no_decay = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
     decay = set(get_parameter_names(model, [torch.nn.LayerNorm], no_decay))
@@ -458,15 +460,21 @@ def train(cfg: PPOConfig, out_dir: Path) -> dict[str, Any]:
         else core.FixedKLController(cfg.kl_coef)
     )
     batches = _prompt_batches(train_q, B, cfg.seed + accelerator.process_index)
+    rollout_s = update_s = 0.0  # wall time of the two phases, so a user sees which one to make faster
     for step in tqdm(range(1, steps + 1), desc="ppo", disable=not accelerator.is_main_process):
         unwrapped.eval()
+        t0 = time.perf_counter()
         batch = rollout(unwrapped, ref, reward, reward_tok, next(batches), cfg, tok)
+        t1 = time.perf_counter()
         adv = advantages(batch, cfg, kl_ctl.value, shift)
         batch.update(advantages=adv["advantages"], returns=adv["returns"])
         unwrapped.train()
         losses = ppo_update(accelerator, model, optimizer, batch, cfg)
         scheduler.step()
+        t2 = time.perf_counter()
+        rollout_s, update_s = rollout_s + t1 - t0, update_s + t2 - t1
         metrics = _step_metrics(accelerator, batch, adv, losses, kl_ctl.value)
+        metrics |= {"rollouts_per_s": B / (t1 - t0), "rollout_s": t1 - t0, "update_s": t2 - t1}
         kl_ctl.update(metrics["kl"], B * accelerator.num_processes)
         if accelerator.is_main_process and (step % cfg.logging_steps == 0 or step in (1, steps)):
             append_metrics(out_dir, {"step": step, "lr": scheduler.get_last_lr()[0], **metrics})
@@ -481,7 +489,11 @@ def train(cfg: PPOConfig, out_dir: Path) -> dict[str, Any]:
         tok.save_pretrained(out_dir)
     accelerator.end_training()  # finishes trackers; destroys the process group, so it comes last
     results = {f"{k}_before": v for k, v in before.items()} | after | {"reward_shift": shift}
-    return results | {"steps": steps, "heldout_prompts": len(test_q), "final_kl_coef": kl_ctl.value}
+    # rollouts/s: sampling plus the no-grad policy, reference, value and reward passes, per process
+    speed = {"rollouts_per_s": steps * B / rollout_s, "rollout_s": rollout_s, "update_s": update_s}
+    if accelerator.is_main_process:
+        print(f"[ppo] {speed['rollouts_per_s']:.2f} rollouts/s; rollouts {rollout_s:.0f} s, updates {update_s:.0f} s")
+    return results | speed | {"steps": steps, "heldout_prompts": len(test_q), "final_kl_coef": kl_ctl.value}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ and after training with the same sampler as PPO (eval.json: score_before, score,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from rlhf.common import BaseConfig, finish_rl_run, metrics_callback, start_run, trl_args, use_cuda
 from rlhf.config import parse_config
@@ -22,6 +22,7 @@ from rlhf.config import parse_config
 class RLOOArgs(BaseConfig):
     """RLOO against a reward model (TRL RLOOTrainer)."""
 
+    trl_config_class: ClassVar[str] = "trl.RLOOConfig"  # its other fields are options too (rlhf/config.py)
     output_dir: str = field(default="runs/rloo", metadata={"help": "where the policy, config and metrics go"})
     reward_model: str | None = field(default=None, metadata={"help": "trained reward model (rlhf/train.py reward)"})
     per_device_train_batch_size: int = field(
@@ -94,11 +95,16 @@ def train(cfg: RLOOArgs) -> dict[str, Any]:
         processing_class=tok,
     )
     trainer.add_callback(metrics_callback(cfg.output_dir))
-    trainer.train()
+    runtime = trainer.train().metrics["train_runtime"]
     trainer.save_model(cfg.output_dir)
     tok.save_pretrained(cfg.output_dir)
     after = measure(trainer.model)
-    return {f"{k}_before": v for k, v in before.items()} | after | {"heldout_prompts": len(test_q)}
+    # TRL interleaves sampling and updates, so this rate counts both (PPO's rollouts_per_s counts sampling alone).
+    per_step = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+    done = trainer.state.global_step * per_step * trainer.accelerator.num_processes
+    speed = {"completions_per_s": done / runtime, "train_s": runtime}
+    print(f"[rloo] {speed['completions_per_s']:.2f} completions/s including updates ({runtime:.0f} s)")
+    return {f"{k}_before": v for k, v in before.items()} | after | speed | {"heldout_prompts": len(test_q)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -209,6 +209,8 @@ def test_learning_rate_zero_leaves_weights_and_flags_are_wired(toy, tmp_path, mo
     assert (out / "checkpoint-2" / "value_model" / "config.json").exists()
     res = json.loads((out / "eval.json").read_text())
     assert math.isfinite(res["reward_shift"])
+    # the speed figures a user plans with: 2 steps x 8 rollouts over the time spent sampling them
+    assert res["rollouts_per_s"] == pytest.approx(16 / res["rollout_s"]) and res["update_s"] > 0
     assert res["score"] == pytest.approx(res["score_before"], abs=1e-6)  # same policy, same seed, same samples
     cfg = PPOConfig(model=toy["policy"], reward_model=toy["reward"], gradient_checkpointing=True)
     _, _, policy, _, _, value = load_models(cfg, "cpu")

@@ -35,6 +35,7 @@ def test_rloo_raises_heldout_reward(tmp_path, monkeypatch):
     assert res["heldout_prompts"] == len(split_prompts(load_prompts(prompts), None, 0.3, 42)[1])  # eval_prompts 64
     assert res["score"] > res["score_before"] + 0.05, res  # the reward model's held-out mean score rises
     assert res["kl"] < 10.0, res  # and the policy stays near the reference
+    assert res["completions_per_s"] == pytest.approx(12 * 16 / res["train_s"])  # 12 steps x 16 completions
 
     logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rewards = [r["reward"] for r in logs if "reward" in r]  # TRL's mean reward of the training batches

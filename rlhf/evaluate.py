@@ -194,6 +194,21 @@ def judge(rm, rm_tok, prompts: list[Messages], pol: list[str], ref: list[str]) -
     return (scores[:n], scores[n:]), (n_tokens(pol), n_tokens(ref))
 
 
+def heldout_prompts(path: str) -> str:
+    """The file to evaluate on: an export's X-train file means its X-test sibling, the prompts the reward model and
+    the policies never trained on (the same rule `--eval-data` defaults follow in training)."""
+    from rlhf.data import heldout_path
+
+    sibling = heldout_path(path, None)
+    if sibling:
+        print(f"[evaluate] {path} is training data: evaluating on its held-out sibling {sibling}")
+        return sibling
+    if "-train." in Path(path).name:
+        print(f"[evaluate] warning: {path} looks like training data and has no -test sibling; the win rate is "
+              "measured on prompts the models may have trained on")  # fmt: skip
+    return path
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     import torch
 
@@ -202,7 +217,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from rlhf.reward import load_reward_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    prompts = load_prompts(cfg.prompts)
+    prompts = load_prompts(heldout_prompts(cfg.prompts))
     if len(prompts) > cfg.num_prompts:
         prompts = random.Random(cfg.seed).sample(prompts, cfg.num_prompts)
     pol = answers(cfg.policy, prompts, cfg, device)

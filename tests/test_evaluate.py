@@ -97,3 +97,15 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     assert [e["policy_length"] for e in ex] == lengths
     assert data["length_change"] == pytest.approx(sum(lengths) / 12 - sum(e["reference_length"] for e in ex) / 12)
     assert (out / "eval.png").exists() and (out / "samples.md").exists() and (out / "config.yaml").exists()
+
+
+def test_an_export_train_file_is_evaluated_on_its_heldout_sibling(tmp_path, capsys):
+    from rlhf.evaluate import heldout_prompts
+
+    train, test = tmp_path / "prefs-train.parquet", tmp_path / "prefs-test.parquet"
+    train.write_bytes(b"")
+    assert heldout_prompts(str(train)) == str(train)  # no sibling: kept, with a warning
+    assert "may have trained on" in capsys.readouterr().out
+    test.write_bytes(b"")
+    assert heldout_prompts(str(train)) == str(test)
+    assert heldout_prompts(str(test)) == str(test)  # a held-out file is used as given

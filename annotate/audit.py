@@ -1,9 +1,10 @@
 """Audit a store's judgments before training on them: agreement, annotator quality, position and length bias,
 preferred-vs-correct, and a Bradley-Terry ranking of the candidate sources.
 
-Everything here is a pure function of the comparisons (annotate.store.effective_votes / read_table), so the
-CLI (annotate.audit_cli), the HTML/JSON report (annotate.audit_report) and the app's Dashboard tab
-(`dashboard_summary`, `dashboard_figures`) all show the same numbers.
+Everything here is a pure function of the comparisons (the store's standing votes, annotate.store.standing_mask),
+returned as a typed `annotate.audit_types.AuditResult`, so the CLI (annotate.audit_cli), the HTML/JSON report
+and the app's Dashboard tab (annotate.audit_report) and the dataset card (rlhf.cards) all show the same numbers.
+Module layers: audit_types <- audit_stats/features <- audit_agreement/bias/rank <- audit <- audit_report <- audit_cli.
 
 Conventions:
 - a *pair* is prompt_id + the unordered pair of response ids, so a pair shown with sides swapped is the same
@@ -17,6 +18,7 @@ Conventions:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -24,8 +26,22 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from annotate.audit_agreement import agreement, annotator_quality
+from annotate.audit_bias import length_bias, position_bias, preferred_vs_correct
 from annotate.audit_features import CONFIDENCE_MARKERS, FEATURES, HEDGE_MARKERS, pair_features
+from annotate.audit_rank import bt_ranking
+from annotate.audit_types import (
+    AnnotatorQuality,
+    AuditResult,
+    Definitions,
+    Flags,
+    LengthBias,
+    PositionBias,
+    Settings,
+    Summary,
+)
 from annotate.pool import GoldMap, gold_pairs
+from annotate.store import standing_mask
 
 RANDOM_CLICKER_RULE = (
     "An annotator is flagged as a random clicker when (1) at least {min_n} of their votes can be checked against "
@@ -43,14 +59,17 @@ gold_from_pool = gold_pairs  # the one definition lives with the pool
 
 
 def _effective(data: pa.Table | pd.DataFrame) -> pd.DataFrame:
+    """Standing votes as pandas, through the store's one retraction filter."""
     if isinstance(data, pa.Table):
         # The prompt (a list of message structs) is the costliest column to convert and the audit never reads it.
         data = data.select([c for c in data.column_names if c not in ("prompt", "rationale")])
-    df = data.to_pandas() if isinstance(data, pa.Table) else data
-    if "retracts" in df.columns and df["retracts"].notna().any():
-        retracted = set(df["retracts"].dropna())
-        df = df[df["retracts"].isna() & ~df["comparison_id"].isin(retracted)]
-    return df.reset_index(drop=True)
+        return data.filter(standing_mask(data)).to_pandas() if "retracts" in data.column_names else data.to_pandas()
+    if "retracts" not in data.columns:
+        return data.reset_index(drop=True)
+    ids = pa.table({"comparison_id": pa.array(data["comparison_id"].astype(str), pa.string()),
+                    "retracts": pa.array(data["retracts"], pa.string(), from_pandas=True)})  # fmt: skip
+    keep = standing_mask(ids).to_numpy(zero_copy_only=False)
+    return data[keep].reset_index(drop=True)
 
 
 def _criterion(value: Any, name: str) -> str | None:
@@ -130,126 +149,70 @@ def run_audit(
     min_n: int = 20,
     alpha_chance: float = 0.05,
     alpha_bias: float = 0.01,
-) -> dict:
-    """The full audit as a JSON-able dict (NaN where a figure is undefined; `to_jsonable` turns it into null)."""
-    from annotate.audit_agreement import agreement, annotator_quality
-    from annotate.audit_bias import length_bias, position_bias, preferred_vs_correct
-    from annotate.audit_rank import bt_ranking
-
+) -> AuditResult:
+    """The full audit (NaN where a figure is undefined; `AuditResult.to_dict()` is its JSON form)."""
     if length_unit not in ("chars", "words"):
         raise ValueError(f"length_unit must be 'chars' or 'words', got {length_unit!r}")
     v = prepare_votes(data, gold)
-    settings = {"n_boot": n_boot, "seed": seed, "length_unit": length_unit, "min_n": min_n}
-    settings |= {"alpha_chance": alpha_chance, "alpha_bias": alpha_bias}
-    result = {
-        "summary": _summary(v),
-        "settings": settings,
-        "agreement": agreement(v, n_boot=n_boot, seed=seed),
-        "annotators": annotator_quality(v),
-        "position": position_bias(v),
-        "length": length_bias(v, unit=length_unit, min_n=min_n),
-        "preferred_vs_correct": preferred_vs_correct(v),
-        "ranking": bt_ranking(v, n_boot=n_boot, seed=seed),
-        "definitions": {
-            "hedge_markers": list(HEDGE_MARKERS),
-            "confidence_markers": list(CONFIDENCE_MARKERS),
-            "random_clicker_rule": RANDOM_CLICKER_RULE.format(
-                min_n=min_n, alpha_chance=alpha_chance, alpha_bias=alpha_bias
-            ),
-        },
-    }
-    result["flags"] = flag_annotators(result, min_n=min_n, alpha_chance=alpha_chance, alpha_bias=alpha_bias)
-    return result
-
-
-def _summary(v: pd.DataFrame) -> dict:
-    return {
-        "votes": int(len(v)),
-        "annotators": int(v["annotator"].nunique()),
-        "prompts": int(v["prompt_id"].nunique()),
-        "pairs": int(v.loc[~v["honeypot"], "key"].nunique()),
-        "choices": {str(k): int(n) for k, n in v["choice"].value_counts().sort_index().items()},
-        "honeypot_votes": int(v["honeypot"].sum()),
-        "repeat_votes": int(((v["order"] > 0) & ~v["honeypot"]).sum()),
-        "gold_votes": int(v["gold_winner"].notna().sum()),
-    }
-
-
-def flag_annotators(result: dict, *, min_n: int = 20, alpha_chance: float = 0.05, alpha_bias: float = 0.01) -> dict:
-    """Apply RANDOM_CLICKER_RULE and the habit flags; writes `flags` into each annotator's entry too."""
-    out: dict[str, list[str]] = {}
-    for name, ann in result["annotators"].items():
-        flags = []
-        pos = result["position"]["per_annotator"].get(name, {})
-        lng = result["length"]["p_longer"]["per_annotator"].get(name, {})
-        biased = {}
-        for flag, stat in (("position_bias", pos), ("length_bias", lng)):
-            biased[flag] = stat.get("n", 0) >= min_n and stat["p_value"] < alpha_bias
-            if biased[flag]:
-                flags.append(flag)
-        evidence = ann["majority"] if ann["majority"]["n"] >= min_n else ann["gold"]
-        if evidence["n"] >= min_n and evidence["p_value"] >= alpha_chance and not any(biased.values()):
-            flags.insert(0, "random_clicker")
-        ann["flags"] = flags
-        out[name] = flags
-    return {
-        "per_annotator": out,
-        "random_clickers": sorted(n for n, f in out.items() if "random_clicker" in f),
-        "rule": result["definitions"]["random_clicker_rule"],
-    }
-
-
-def to_jsonable(obj: Any) -> Any:
-    """NaN/inf -> None and numpy scalars -> Python, recursively, so json.dumps(allow_nan=False) works."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(x) for k, x in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(x) for x in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def dashboard_summary(table: pa.Table | pd.DataFrame, gold: GoldMap | None = None, n_boot: int = 200) -> dict:
-    """What the app's Dashboard tab shows: headline figures, one row per annotator, and the full audit (under
-    "audit", for `dashboard_figures`). Fewer bootstrap draws than the CLI so that it refreshes quickly."""
-    audit = run_audit(table, gold, n_boot=n_boot)
-    rows = []
-    for name, ann in audit["annotators"].items():
-        pos = audit["position"]["per_annotator"].get(name, {})
-        lng = audit["length"]["p_longer"]["per_annotator"].get(name, {})
-        rows.append(
-            {
-                "annotator": name,
-                "votes": ann["votes"],
-                "gold_accuracy": ann["gold"]["rate"],
-                "majority_agreement": ann["majority"]["rate"],
-                "median_decision_s": ann["decision_ms"]["median"] / 1000,
-                "left_share": pos.get("rate", math.nan),
-                "longer_share": lng.get("rate", math.nan),
-                "flags": ", ".join(ann["flags"]),
-            }
-        )
-    from annotate.audit_report import findings
-
-    return to_jsonable(
-        {
-            "summary": audit["summary"],
-            "alpha": audit["agreement"]["alpha"],
-            "left_share": audit["position"]["overall"],
-            "longer_share": audit["length"]["p_longer"]["overall"],
-            "random_clickers": audit["flags"]["random_clickers"],
-            "annotators": rows,
-            "findings": findings(audit),
-            "audit": audit,
-        }
+    settings = Settings(n_boot=n_boot, seed=seed, length_unit=length_unit, min_n=min_n, alpha_chance=alpha_chance,
+                        alpha_bias=alpha_bias)  # fmt: skip
+    rule = RANDOM_CLICKER_RULE.format(min_n=min_n, alpha_chance=alpha_chance, alpha_bias=alpha_bias)
+    position, length = position_bias(v), length_bias(v, unit=length_unit, min_n=min_n)
+    annotators, flags = flag_annotators(annotator_quality(v), position, length, rule, min_n=min_n,
+                                        alpha_chance=alpha_chance, alpha_bias=alpha_bias)  # fmt: skip
+    return AuditResult(
+        summary=_summary(v),
+        settings=settings,
+        agreement=agreement(v, n_boot=n_boot, seed=seed),
+        annotators=annotators,
+        position=position,
+        length=length,
+        preferred_vs_correct=preferred_vs_correct(v),
+        ranking=bt_ranking(v, n_boot=n_boot, seed=seed),
+        definitions=Definitions(
+            hedge_markers=HEDGE_MARKERS, confidence_markers=CONFIDENCE_MARKERS, random_clicker_rule=rule
+        ),
+        flags=flags,
     )
 
 
-def dashboard_figures(summary_or_audit: dict) -> dict:
-    """Matplotlib figures (name -> Figure) for `gr.Plot`s, from `dashboard_summary(...)` or `run_audit(...)`."""
-    from annotate.audit_report import make_figures
+def _summary(v: pd.DataFrame) -> Summary:
+    return Summary(
+        votes=int(len(v)),
+        annotators=int(v["annotator"].nunique()),
+        prompts=int(v["prompt_id"].nunique()),
+        pairs=int(v.loc[~v["honeypot"], "key"].nunique()),
+        choices={str(k): int(n) for k, n in v["choice"].value_counts().sort_index().items()},
+        honeypot_votes=int(v["honeypot"].sum()),
+        repeat_votes=int(((v["order"] > 0) & ~v["honeypot"]).sum()),
+        gold_votes=int(v["gold_winner"].notna().sum()),
+    )
 
-    return make_figures(summary_or_audit.get("audit", summary_or_audit))
+
+def flag_annotators(
+    annotators: dict[str, AnnotatorQuality],
+    position: PositionBias,
+    length: LengthBias,
+    rule: str,
+    *,
+    min_n: int = 20,
+    alpha_chance: float = 0.05,
+    alpha_bias: float = 0.01,
+) -> tuple[dict[str, AnnotatorQuality], Flags]:
+    """Apply RANDOM_CLICKER_RULE and the habit flags: the annotators with their `flags` set, and the summary."""
+    out: dict[str, AnnotatorQuality] = {}
+    for name, ann in annotators.items():
+        flags = []
+        biased = False
+        for flag, stat in (("position_bias", position.per_annotator.get(name)),
+                           ("length_bias", length.p_longer.per_annotator.get(name))):  # fmt: skip
+            if stat is not None and stat.n >= min_n and stat.p_value < alpha_bias:
+                flags.append(flag)
+                biased = True
+        evidence = ann.majority if ann.majority.n >= min_n else ann.gold
+        if evidence.n >= min_n and evidence.p_value >= alpha_chance and not biased:
+            flags.insert(0, "random_clicker")
+        out[name] = dataclasses.replace(ann, flags=tuple(flags))
+    per = {name: a.flags for name, a in out.items()}
+    clickers = tuple(sorted(n for n, f in per.items() if "random_clicker" in f))
+    return out, Flags(per_annotator=per, random_clickers=clickers, rule=rule)

@@ -14,6 +14,7 @@ import pandas as pd
 from scipy import stats
 
 from annotate.audit_stats import cohen_kappa, krippendorff_alpha, proportion, unit_counts, wilson
+from annotate.audit_types import Agreement, AnnotatorQuality, HoneypotTies, KappaPair, MajorityAgreement, Timing
 
 N_LABELS = 4
 
@@ -23,7 +24,7 @@ def first_votes(v: pd.DataFrame) -> pd.DataFrame:
     return v[(v["order"] == 0) & (v["label"] >= 0) & ~v["honeypot"]]
 
 
-def agreement(v: pd.DataFrame, n_boot: int = 1000, seed: int = 0, min_shared: int = 5) -> dict:
+def agreement(v: pd.DataFrame, n_boot: int = 1000, seed: int = 0, min_shared: int = 5) -> Agreement:
     """Krippendorff's alpha over all pairs and Cohen's kappa for every annotator pair sharing >= min_shared items."""
     f = first_votes(v)
     alpha = krippendorff_alpha(unit_counts(f["key"].to_numpy(), f["label"].to_numpy(), N_LABELS), n_boot, seed)
@@ -34,12 +35,13 @@ def agreement(v: pd.DataFrame, n_boot: int = 1000, seed: int = 0, min_shared: in
         if len(g) < min_shared:
             continue
         k = cohen_kappa(g["label_x"].to_numpy(), g["label_y"].to_numpy(), N_LABELS, n_boot=n_boot, seed=seed)
-        pairs.append({"annotators": [a1, a2], **k})
-    kappas = np.array([p["kappa"] for p in pairs], dtype=float)
-    weights = np.array([p["n"] for p in pairs], dtype=float)
+        pairs.append(KappaPair(annotators=(a1, a2), kappa=k.kappa, ci=k.ci, n=k.n,
+                               observed_agreement=k.observed_agreement))  # fmt: skip
+    kappas = np.array([p.kappa for p in pairs], dtype=float)
+    weights = np.array([p.n for p in pairs], dtype=float)
     ok = np.isfinite(kappas)
     mean_kappa = float(np.average(kappas[ok], weights=weights[ok])) if ok.any() else math.nan
-    return {"alpha": alpha, "kappa_pairs": pairs, "mean_kappa": mean_kappa, "min_shared": min_shared}
+    return Agreement(alpha=alpha, kappa_pairs=tuple(pairs), mean_kappa=mean_kappa, min_shared=min_shared)
 
 
 def majority_agreement(v: pd.DataFrame) -> pd.DataFrame:
@@ -63,29 +65,30 @@ def majority_agreement(v: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _majority_stats(m: pd.DataFrame) -> dict:
+def _majority_stats(m: pd.DataFrame) -> MajorityAgreement:
     """Agreement rate vs chance: chance = sum_c p_c q_c, the agreement of labels drawn independently of the
     item from the annotator's own label shares p and the majority's label shares q (as in Cohen's p_e)."""
     n, k = len(m), int(m["agree"].sum()) if len(m) else 0
     if n == 0:
-        return {"k": 0, "n": 0, "rate": math.nan, "ci": [math.nan, math.nan], "chance": math.nan, "p_value": math.nan}
+        return MajorityAgreement(k=0, n=0, rate=math.nan, ci=(math.nan, math.nan), chance=math.nan, p_value=math.nan)
     p = np.bincount(m["label"], minlength=N_LABELS) / n
     q = np.bincount(m["majority"], minlength=N_LABELS) / n
     chance = float(min(max(p @ q, 1e-9), 1 - 1e-9))
     p_value = float(stats.binomtest(k, n, chance, alternative="greater").pvalue)
-    return {"k": k, "n": n, "rate": k / n, "ci": list(wilson(k, n)), "chance": chance, "p_value": p_value}
+    return MajorityAgreement(k=k, n=n, rate=k / n, ci=wilson(k, n), chance=chance, p_value=p_value)
 
 
-def _timing(ms: pd.Series) -> dict:
+def _timing(ms: pd.Series) -> Timing:
     ms = ms.dropna()
     if ms.empty:
-        return {"n": 0, "median": math.nan, "mean": math.nan, "p10": math.nan, "p90": math.nan}
+        return Timing(n=0, median=math.nan, mean=math.nan, p10=math.nan, p90=math.nan)
     q = ms.quantile([0.1, 0.5, 0.9]).to_numpy()
-    return {"n": int(len(ms)), "median": float(q[1]), "mean": float(ms.mean()), "p10": float(q[0]), "p90": float(q[2])}
+    return Timing(n=int(len(ms)), median=float(q[1]), mean=float(ms.mean()), p10=float(q[0]), p90=float(q[2]))
 
 
-def annotator_quality(v: pd.DataFrame) -> dict:
-    """Per annotator: vote counts, decision time, gold accuracy, agreement with the majority, honeypot ties."""
+def annotator_quality(v: pd.DataFrame) -> dict[str, AnnotatorQuality]:
+    """Per annotator: vote counts, decision time, gold accuracy, agreement with the majority, honeypot ties
+    (flags are left empty: annotate.audit.flag_annotators sets them from the bias figures)."""
     maj = majority_agreement(v)
     gold = v[v["gold_winner"].notna() & (v["label"] >= 0) & ~v["honeypot"]]
     gold_ok = gold["winner_id"] == gold["gold_winner"]  # a tie or both_bad on a gold pair counts as wrong
@@ -94,13 +97,13 @@ def annotator_quality(v: pd.DataFrame) -> dict:
     for name, g in v.groupby("annotator", sort=True):
         gm = gold_ok[gold["annotator"] == name]
         h = hp[hp["annotator"] == name]
-        out[str(name)] = {
-            "votes": int(len(g)),
-            "choices": {str(c): int(n) for c, n in g["choice"].value_counts().sort_index().items()},
-            "decision_ms": _timing(g["decision_ms"]),
+        out[str(name)] = AnnotatorQuality(
+            votes=int(len(g)),
+            choices={str(c): int(n) for c, n in g["choice"].value_counts().sort_index().items()},
+            decision_ms=_timing(g["decision_ms"]),
             # one-sided: is the annotator better than a coin on pairs with a known answer?
-            "gold": proportion(int(gm.sum()), len(gm), 0.5, alternative="greater"),
-            "majority": _majority_stats(maj[maj["annotator"] == name]),
-            "honeypot": {"n": int(len(h)), "tie_rate": float((h["choice"] == "tie").mean()) if len(h) else math.nan},
-        }
+            gold=proportion(int(gm.sum()), len(gm), 0.5, alternative="greater"),
+            majority=_majority_stats(maj[maj["annotator"] == name]),
+            honeypot=HoneypotTies(n=len(h), tie_rate=float((h["choice"] == "tie").mean()) if len(h) else math.nan),
+        )
     return out

@@ -13,30 +13,41 @@ import numpy as np
 import pandas as pd
 
 from annotate.audit_stats import coef_table, fit_logistic, proportion, standardise
+from annotate.audit_types import (
+    Breakdown,
+    LengthBias,
+    LogitFit,
+    LongerShare,
+    MeanLength,
+    PositionBias,
+    PreferredVsCorrect,
+    Proportion,
+    Regression,
+)
 
 REGRESSORS = ("length", "hedges", "confidence")
 
 
-def _per_annotator(d: pd.DataFrame, success: pd.Series, null: float = 0.5) -> dict:
+def _per_annotator(d: pd.DataFrame, success: pd.Series, null: float = 0.5) -> dict[str, Proportion]:
     return {
         str(name): proportion(int(s.sum()), len(s), null) for name, s in success.groupby(d["annotator"], sort=True)
     }
 
 
-def position_bias(v: pd.DataFrame) -> dict:
+def position_bias(v: pd.DataFrame) -> PositionBias:
     """Share of decisive votes won by the left response (binomial test vs 50%), and the flip rate on repeats."""
     d = v[v["decisive"] & v["placed"]]
     left = d["left_won"] == 1.0
     hp = d[d["honeypot"]]
-    return {
-        "overall": proportion(int(left.sum()), len(left)),
-        "per_annotator": _per_annotator(d, left),
-        "honeypots": proportion(int((hp["left_won"] == 1.0).sum()), len(hp)),
-        "flips": flip_rate(v),
-    }
+    return PositionBias(
+        overall=proportion(int(left.sum()), len(left)),
+        per_annotator=_per_annotator(d, left),
+        honeypots=proportion(int((hp["left_won"] == 1.0).sum()), len(hp)),
+        flips=flip_rate(v),
+    )
 
 
-def flip_rate(v: pd.DataFrame) -> dict:
+def flip_rate(v: pd.DataFrame) -> Breakdown:
     """On a pair an annotator judged twice with the sides swapped, how often the winning *response* changed
     (i.e. they stuck to a side rather than to content). First vs second decisive judgment of the pair."""
     d = v[v["decisive"] & ~v["honeypot"] & v["placed"]].sort_values("created_at", kind="stable")
@@ -45,7 +56,7 @@ def flip_rate(v: pd.DataFrame) -> dict:
     m = d.loc[d["n"] == 0, cols].merge(d.loc[d["n"] == 1, cols], on=["annotator", "key"])
     m = m[m["left_id_x"] != m["left_id_y"]]
     flipped = m["winner_id_x"] != m["winner_id_y"]
-    return {"overall": proportion(int(flipped.sum()), len(flipped)), "per_annotator": _per_annotator(m, flipped)}
+    return Breakdown(overall=proportion(int(flipped.sum()), len(flipped)), per_annotator=_per_annotator(m, flipped))
 
 
 def _lo_minus_hi(d: pd.DataFrame, feature: str) -> np.ndarray:
@@ -54,9 +65,9 @@ def _lo_minus_hi(d: pd.DataFrame, feature: str) -> np.ndarray:
     return np.where((d["a_id"] == d["lo"]).to_numpy(), a - b, b - a)
 
 
-def _logit_summary(x: np.ndarray, y: np.ndarray, names: list[str]) -> dict:
+def _logit_summary(x: np.ndarray, y: np.ndarray, names: list[str]) -> LogitFit:
     beta, cov = fit_logistic(x, y)
-    return {"n": int(len(y)), "coefficients": coef_table(names, beta, cov)}
+    return LogitFit(n=int(len(y)), coefficients=coef_table(names, beta, cov))
 
 
 def _design(d: pd.DataFrame, unit: str) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
@@ -82,7 +93,7 @@ def _design(d: pd.DataFrame, unit: str) -> tuple[np.ndarray, np.ndarray, list[st
     return np.column_stack(columns), y, names, sds
 
 
-def length_bias(v: pd.DataFrame, unit: str = "chars", min_n: int = 20) -> dict:
+def length_bias(v: pd.DataFrame, unit: str = "chars", min_n: int = 20) -> LengthBias:
     """P(the longer response is chosen) with a Wilson CI and binomial test, and a logistic regression of the
     choice on position and on standardised differences in length, hedging and confidence markers.
 
@@ -95,35 +106,36 @@ def length_bias(v: pd.DataFrame, unit: str = "chars", min_n: int = 20) -> dict:
     longer_won = ((la > lb) == (d["a_won"] == 1.0))[differ]
     dd = d[differ]
     x, y, names, sds = _design(d, unit)
-    regression = {"overall": _logit_summary(x, y, names) if len(y) >= min_n else None, "per_annotator": {}}
+    per_annotator = {}
     ann = d["annotator"].to_numpy()
     for name in sorted(d["annotator"].unique()):
         rows = ann == name
         if rows.sum() >= min_n:
-            regression["per_annotator"][str(name)] = _logit_summary(x[rows], y[rows], names)
-    return {
-        "unit": unit,
-        "p_longer": {
-            "overall": proportion(int(longer_won.sum()), len(longer_won)),
-            "per_annotator": _per_annotator(dd, longer_won),
-            "equal_length_excluded": int((~differ).sum()),
-        },
-        "regression": regression,
-        "sd": sds,
-        "mean_length": {
-            "chosen": float(np.where(d["a_won"] == 1.0, la, lb).mean()) if len(d) else math.nan,
-            "rejected": float(np.where(d["a_won"] == 1.0, lb, la).mean()) if len(d) else math.nan,
-        },
-    }
+            per_annotator[str(name)] = _logit_summary(x[rows], y[rows], names)
+    overall = _logit_summary(x, y, names) if len(y) >= min_n else None
+    return LengthBias(
+        unit=unit,
+        p_longer=LongerShare(
+            overall=proportion(int(longer_won.sum()), len(longer_won)),
+            per_annotator=_per_annotator(dd, longer_won),
+            equal_length_excluded=int((~differ).sum()),
+        ),
+        regression=Regression(overall=overall, per_annotator=per_annotator),
+        sd=sds,
+        mean_length=MeanLength(
+            chosen=float(np.where(d["a_won"] == 1.0, la, lb).mean()) if len(d) else math.nan,
+            rejected=float(np.where(d["a_won"] == 1.0, lb, la).mean()) if len(d) else math.nan,
+        ),
+    )
 
 
-def preferred_vs_correct(v: pd.DataFrame) -> dict:
+def preferred_vs_correct(v: pd.DataFrame) -> PreferredVsCorrect:
     """Where the annotator also picked the more *correct* response (criteria['correct'] = a or b), how often the
     overall winner is the other one: preference overriding correctness."""
     d = v[v["decisive"] & v["correct_pick"].isin(["a", "b"])]
     mismatch = d["choice"] != d["correct_pick"]
-    return {
-        "overall": proportion(int(mismatch.sum()), len(mismatch)),
-        "per_annotator": _per_annotator(d, mismatch),
-        "correct_ties": int((v["decisive"] & (v["correct_pick"] == "tie")).sum()),
-    }
+    return PreferredVsCorrect(
+        overall=proportion(int(mismatch.sum()), len(mismatch)),
+        per_annotator=_per_annotator(d, mismatch),
+        correct_ties=int((v["decisive"] & (v["correct_pick"] == "tie")).sum()),
+    )

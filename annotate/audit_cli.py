@@ -1,6 +1,7 @@
 """`python -m annotate audit --store DIR [--report report.html] [--json out.json] [--pool POOL]`.
 
-Prints the plain-language findings; writes the HTML report and/or the JSON with every number. Gold pairs come
+Prints the plain-language findings; writes the HTML report and/or the JSON with every number (the versioned form
+of annotate.audit_types.AuditResult, read back with annotate.audit_report.read_json). Gold pairs come
 from `--pool` (responses with a numeric `gold_score` in meta), or from pools imported into the store
 (STORE/pool/*.parquet) when no --pool is given.
 """
@@ -8,6 +9,7 @@ from `--pool` (responses with a numeric `gold_score` in meta), or from pools imp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -47,6 +49,7 @@ def _gold(pool: Path | None, store: str):
 def main(args: argparse.Namespace) -> int:
     from annotate.audit import run_audit
     from annotate.audit_report import findings, write_html, write_json
+    from annotate.audit_types import StoreRef
     from annotate.schema import SchemaError
     from annotate.store import snapshot
 
@@ -61,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
         raise SchemaError(f"{args.store}: the store holds no comparisons to audit")
     audit = run_audit(table, _gold(args.pool, str(args.store)), n_boot=args.n_boot, seed=args.seed,
                       length_unit=args.length_unit)  # fmt: skip
-    audit["store"] = {k: info[k] for k in ("store", "version", "rows")}
+    audit = dataclasses.replace(audit, store=StoreRef(store=info["store"], version=info["version"], rows=info["rows"]))
     for line in findings(audit):
         print(f"- {line}")
     if args.report:

@@ -17,32 +17,20 @@ import math
 import numpy as np
 import pandas as pd
 
-from annotate.audit_stats import bootstrap_logistic, coef_table, fit_logistic, percentile_ci, standardise
+from annotate.audit_stats import (
+    bootstrap_logistic,
+    coef_table,
+    fit_logistic,
+    newton_logistic,
+    percentile_ci,
+    standardise,
+)
+from annotate.audit_types import Ranking, RankRow
 
 ELO_SCALE = 400 / math.log(10)
 STYLE = ("length", "headers", "lists", "bold")
 L2 = 0.01  # a very weak prior on strengths: keeps them finite when a source wins (or loses) every comparison
 MAX_STYLE_BOOT = 200  # style bootstrap refits the per-vote regression: 200 draws keep 100k votes in seconds
-
-
-def _newton_bt(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = L2, iters: int = 50) -> np.ndarray:
-    """Batched Newton-Raphson for weighted logistic regression without intercept.
-
-    x: (R, K) design, y: (R,) outcomes, w: (B, R) weights, one row per bootstrap replicate. Returns (B, K).
-    """
-    b, k = w.shape[0], x.shape[1]
-    beta = np.zeros((b, k))
-    eye = l2 * np.eye(k)
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-(beta @ x.T)))  # (B, R)
-        grad = (w * (p - y)) @ x + l2 * beta  # (B, K)
-        hess = np.einsum("br,rk,rl->bkl", w * p * (1 - p), x, x) + eye  # (B, K, K)
-        step = np.linalg.solve(hess, grad[..., None])[..., 0]
-        step = np.clip(step, -5, 5)  # damp the first steps when a source is (nearly) separated
-        beta -= step
-        if np.abs(step).max() < 1e-9:
-            break
-    return beta
 
 
 def _scores(beta: np.ndarray) -> np.ndarray:
@@ -55,23 +43,26 @@ def _norm_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a - b, total, out=np.zeros_like(total, dtype=float), where=total > 0)
 
 
-def _table(sources: list[str], point: np.ndarray, boot: np.ndarray, counts: np.ndarray) -> list[dict]:
-    rows = [
-        {"source": s, "score": float(point[i]), "ci": percentile_ci(boot[:, i]), "comparisons": int(counts[i])}
-        for i, s in enumerate(sources)
-    ]
-    rows.sort(key=lambda r: -r["score"])
-    for rank, r in enumerate(rows, 1):
-        r["rank"] = rank
-    return rows
+def _table(sources: list[str], point: np.ndarray, boot: np.ndarray, counts: np.ndarray) -> tuple[RankRow, ...]:
+    order = sorted(range(len(sources)), key=lambda i: -point[i])
+    return tuple(
+        RankRow(
+            source=sources[i],
+            score=float(point[i]),
+            ci=percentile_ci(boot[:, i]),
+            comparisons=int(counts[i]),
+            rank=rank,
+        )  # fmt: skip
+        for rank, i in enumerate(order, 1)
+    )
 
 
-def bt_ranking(v: pd.DataFrame, n_boot: int = 1000, seed: int = 0, unit: str = "chars") -> dict:
+def bt_ranking(v: pd.DataFrame, n_boot: int = 1000, seed: int = 0, unit: str = "chars") -> Ranking:
     """Rank sources by Bradley-Terry strength with percentile bootstrap CIs (resampling votes)."""
     d = v[(v["label"] >= 0) & ~v["honeypot"] & (v["source_a"] != v["source_b"])]
     sources = sorted(set(d["source_a"]) | set(d["source_b"]))
     if len(sources) < 2:
-        return {"sources": sources, "plain": [], "style": [], "style_coefficients": {}, "votes": int(len(d))}
+        return Ranking(sources=tuple(sources), votes=int(len(d)), plain=(), style=(), style_coefficients={})
     idx = {s: i for i, s in enumerate(sources)}
     ia, ib = d["source_a"].map(idx).to_numpy(), d["source_b"].map(idx).to_numpy()
     y = np.where(d["choice"] == "a", 1.0, np.where(d["choice"] == "b", 0.0, 0.5))
@@ -79,29 +70,30 @@ def bt_ranking(v: pd.DataFrame, n_boot: int = 1000, seed: int = 0, unit: str = "
     rng = np.random.default_rng(seed)
     plain = _plain(ia, ib, y, len(sources), n_boot, rng)
     style, coefs = _style(d, ia, ib, y, len(sources), min(n_boot, MAX_STYLE_BOOT), rng, unit)
-    return {
-        "sources": sources,
-        "votes": int(len(d)),
-        "plain": _table(sources, *plain, counts),
-        "style": _table(sources, *style, counts),
-        "style_coefficients": coefs,
-        "style_boot": min(n_boot, MAX_STYLE_BOOT),
-    }
+    return Ranking(
+        sources=tuple(sources),
+        votes=int(len(d)),
+        plain=_table(sources, *plain, counts),
+        style=_table(sources, *style, counts),
+        style_coefficients=coefs,
+        style_boot=min(n_boot, MAX_STYLE_BOOT),
+    )
 
 
 def _plain(ia, ib, y, k: int, n_boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     # Votes collapse to (source_a, source_b, outcome) rows with counts; resampling votes with replacement is
-    # then a multinomial draw of those counts, so every bootstrap replicate is solved in one batched Newton.
+    # then a multinomial draw of those counts, so all bootstrap replicates are solved in one batched Newton.
     rows, counts = np.unique(np.column_stack([ia, ib, y * 2]), axis=0, return_counts=True)
     x = np.zeros((len(rows), k))
     x[np.arange(len(rows)), rows[:, 0].astype(int)] += 1
     x[np.arange(len(rows)), rows[:, 1].astype(int)] -= 1
     yy = rows[:, 2] / 2
-    point = _scores(_newton_bt(x, yy, counts[None, :].astype(float))[0])
+    point = _scores(newton_logistic(x, yy, counts.astype(float), l2=L2)[0])
     if n_boot <= 0:
         return point, np.full((1, k), np.nan)
     boot_w = rng.multinomial(counts.sum(), counts / counts.sum(), size=n_boot).astype(float)
-    boot = np.concatenate([_scores(_newton_bt(x, yy, boot_w[i : i + 250])) for i in range(0, n_boot, 250)])
+    chunks = (newton_logistic(x, yy, boot_w[i : i + 250], l2=L2)[0] for i in range(0, n_boot, 250))
+    boot = np.concatenate([_scores(b) for b in chunks])
     return point, boot
 
 

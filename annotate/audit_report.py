@@ -1,7 +1,8 @@
 """The audit as people read it: plain-language findings, matplotlib figures, a self-contained HTML page
-(figures embedded as base64 PNG) and JSON with the same numbers.
+(figures embedded as base64 PNG), JSON with the same numbers, and the app's Dashboard.
 
-Every function takes the dict of annotate.audit.run_audit, raw (NaN) or after to_jsonable (None).
+Every function reads the typed result of annotate.audit.run_audit (annotate.audit_types.AuditResult); a saved
+audit.json goes through AuditResult.from_dict first. This module imports annotate.audit, never the reverse.
 """
 
 from __future__ import annotations
@@ -14,24 +15,30 @@ import math
 from pathlib import Path
 from typing import Any
 
-from annotate.audit import to_jsonable
+from annotate.audit import run_audit
+from annotate.audit_types import (
+    AnnotatorRow,
+    AuditResult,
+    DashboardSummary,
+    Interval,
+    MajorityAgreement,
+    Proportion,
+    Ranking,
+    RankRow,
+)
+from annotate.pool import GoldMap
 
 
-def _f(x: Any) -> float:
-    return math.nan if x is None else float(x)
+def _pct(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{100 * x:.0f}%"
 
 
-def _pct(x: Any) -> str:
-    return "n/a" if not math.isfinite(_f(x)) else f"{100 * _f(x):.0f}%"
-
-
-def _ci_pct(ci: list) -> str:
-    lo, hi = (_f(c) for c in ci)
+def _ci_pct(ci: Interval) -> str:
+    lo, hi = ci
     return "CI n/a" if not (math.isfinite(lo) and math.isfinite(hi)) else f"95% CI {100 * lo:.0f}-{100 * hi:.0f}%"
 
 
-def _p(p: Any) -> str:
-    p = _f(p)
+def _p(p: float) -> str:
     return "p n/a" if not math.isfinite(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
 
 
@@ -50,112 +57,117 @@ def _alpha_words(a: float) -> str:
     return "no better than chance"
 
 
-def findings(audit: dict) -> list[str]:
+def findings(audit: AuditResult) -> list[str]:
     """Plain-language sentences, most important first."""
-    s, out = audit["summary"], []
-    if s["votes"] == 0:
+    s, out = audit.summary, []
+    if s.votes == 0:
         return ["The store holds no standing votes yet."]
     out.append(
-        f"{_n(s['votes'], 'standing vote')} from {_n(s['annotators'], 'annotator')} on {_n(s['pairs'], 'pair')} "
-        f"({s['gold_votes']} on gold pairs, {s['repeat_votes']} repeats, {s['honeypot_votes']} honeypots)."
+        f"{_n(s.votes, 'standing vote')} from {_n(s.annotators, 'annotator')} on {_n(s.pairs, 'pair')} "
+        f"({s.gold_votes} on gold pairs, {s.repeat_votes} repeats, {s.honeypot_votes} honeypots)."
     )
-    al = audit["agreement"]["alpha"]
-    if math.isfinite(_f(al["alpha"])):
-        lo, hi = (_f(c) for c in al["ci"])
+    al = audit.agreement.alpha
+    if math.isfinite(al.alpha):
+        lo, hi = al.ci
         ci = f"95% CI {lo:.2f} to {hi:.2f}" if math.isfinite(lo) and math.isfinite(hi) else "CI n/a"
         out.append(
-            f"Krippendorff's alpha is {_f(al['alpha']):.2f} ({ci}) over {al['units']} pairs "
-            f"judged by two or more annotators: {_alpha_words(_f(al['alpha']))}."
+            f"Krippendorff's alpha is {al.alpha:.2f} ({ci}) over {al.units} pairs "
+            f"judged by two or more annotators: {_alpha_words(al.alpha)}."
         )
     else:
         out.append("No pair was judged by two annotators, so agreement cannot be measured (use --overlap 2).")
     out += _bias_findings(audit)
-    rc = audit["flags"]["random_clickers"]
-    if rc:
-        for name in rc:
-            m = audit["annotators"][name]["majority"]
-            out.append(
-                f"{name} looks like a random clicker: agreed with the other annotators' majority on "
-                f"{_pct(m['rate'])} of {m['n']} pairs, where {_pct(m['chance'])} is expected by chance."
-            )
-    else:
+    rc = audit.flags.random_clickers
+    for name in rc:
+        m = audit.annotators[name].majority
+        out.append(
+            f"{name} looks like a random clicker: agreed with the other annotators' majority on "
+            f"{_pct(m.rate)} of {m.n} pairs, where {_pct(m.chance)} is expected by chance."
+        )
+    if not rc:
         out.append("No annotator was flagged as a random clicker.")
     out += _habit_findings(audit)
-    out += _ranking_findings(audit["ranking"])
+    out += _ranking_findings(audit.ranking)
     return out
 
 
-def _bias_findings(audit: dict) -> list[str]:
+def _bias_findings(audit: AuditResult) -> list[str]:
     out = []
-    pos = audit["position"]["overall"]
-    if pos["n"]:
-        verdict = "a position bias" if _f(pos["p_value"]) < 0.05 else "no detectable position bias"
+    pos = audit.position.overall
+    if pos.n:
+        verdict = "a position bias" if pos.p_value < 0.05 else "no detectable position bias"
         out.append(
-            f"Annotators chose the left response {_pct(pos['rate'])} of the time ({_ci_pct(pos['ci'])}, "
-            f"binomial {_p(pos['p_value'])}): {verdict}."
+            f"Annotators chose the left response {_pct(pos.rate)} of the time ({_ci_pct(pos.ci)}, "
+            f"binomial {_p(pos.p_value)}): {verdict}."
         )
     else:
         out.append("No decisive vote has a recorded left/right placement (e.g. imported data): no position figures.")
-    flips = audit["position"]["flips"]["overall"]
-    if flips["n"]:
+    flips = audit.position.flips.overall
+    if flips.n:
         out.append(
-            f"On {flips['n']} pairs shown again with the sides swapped, the chosen response changed "
-            f"{_pct(flips['rate'])} of the time ({_ci_pct(flips['ci'])})."
+            f"On {flips.n} pairs shown again with the sides swapped, the chosen response changed "
+            f"{_pct(flips.rate)} of the time ({_ci_pct(flips.ci)})."
         )
-    pl, unit = audit["length"]["p_longer"]["overall"], audit["length"]["unit"]
-    if pl["n"]:
+    pl, unit = audit.length.p_longer.overall, audit.length.unit
+    if pl.n:
         out.append(
-            f"Annotators chose the longer response {_pct(pl['rate'])} of the time ({_ci_pct(pl['ci'])}; "
-            f"{pl['n']} decisive votes with lengths differing in {unit}; binomial {_p(pl['p_value'])})."
+            f"Annotators chose the longer response {_pct(pl.rate)} of the time ({_ci_pct(pl.ci)}; "
+            f"{pl.n} decisive votes with lengths differing in {unit}; binomial {_p(pl.p_value)})."
         )
-    reg = audit["length"]["regression"]["overall"]
-    if reg and "length" in reg["coefficients"]:
-        c, sd = reg["coefficients"]["length"], _f(audit["length"]["sd"]["length"])
-        lo, hi = (math.exp(_f(x)) for x in c["ci"])
+    out += _regression_findings(audit)
+    pvc = audit.preferred_vs_correct.overall
+    if pvc.n:
         out.append(
-            f"Each standard deviation of length difference ({sd:.0f} {unit}) multiplies the odds of being chosen "
-            f"by {math.exp(_f(c['coef'])):.2f} (95% CI {lo:.2f}-{hi:.2f}), holding position, hedging and "
-            "confidence fixed."
-        )
-        for name in ("hedges", "confidence"):
-            c = reg["coefficients"].get(name)
-            if c and _f(c["p_value"]) < 0.05:
-                word = "more" if _f(c["coef"]) > 0 else "less"
-                out.append(f"Responses with more {name} markers were chosen {word} often ({_p(c['p_value'])}).")
-    pvc = audit["preferred_vs_correct"]["overall"]
-    if pvc["n"]:
-        out.append(
-            f"Where annotators also marked the more correct response ({pvc['n']} votes), their overall pick was the "
-            f"other response {_pct(pvc['rate'])} of the time ({_ci_pct(pvc['ci'])})."
+            f"Where annotators also marked the more correct response ({pvc.n} votes), their overall pick was the "
+            f"other response {_pct(pvc.rate)} of the time ({_ci_pct(pvc.ci)})."
         )
     return out
 
 
-def _habit_findings(audit: dict) -> list[str]:
+def _regression_findings(audit: AuditResult) -> list[str]:
+    reg, unit = audit.length.regression.overall, audit.length.unit
+    if reg is None or "length" not in reg.coefficients:
+        return []
+    c, sd = reg.coefficients["length"], audit.length.sd["length"]
+    lo, hi = (math.exp(x) for x in c.ci)
+    out = [
+        f"Each standard deviation of length difference ({sd:.0f} {unit}) multiplies the odds of being chosen "
+        f"by {math.exp(c.coef):.2f} (95% CI {lo:.2f}-{hi:.2f}), holding position, hedging and confidence fixed."
+    ]
+    for name in ("hedges", "confidence"):
+        c = reg.coefficients.get(name)
+        if c is not None and c.p_value < 0.05:
+            word = "more" if c.coef > 0 else "less"
+            out.append(f"Responses with more {name} markers were chosen {word} often ({_p(c.p_value)}).")
+    return out
+
+
+def _habit_findings(audit: AuditResult) -> list[str]:
     """One sentence per annotator flagged for a side or length habit."""
     out = []
-    for name, flags in sorted(audit["flags"]["per_annotator"].items()):
+    for name, flags in sorted(audit.flags.per_annotator.items()):
         if "position_bias" in flags:
-            st = audit["position"]["per_annotator"][name]
-            out.append(f"{name} chose the left response {_pct(st['rate'])} of the time ({_ci_pct(st['ci'])}, "
-                       f"{_p(st['p_value'])}).")  # fmt: skip
+            st = audit.position.per_annotator[name]
+            out.append(f"{name} chose the left response {_pct(st.rate)} of the time ({_ci_pct(st.ci)}, "
+                       f"{_p(st.p_value)}).")  # fmt: skip
         if "length_bias" in flags:
-            st = audit["length"]["p_longer"]["per_annotator"][name]
-            out.append(f"{name} chose the longer response {_pct(st['rate'])} of the time ({_ci_pct(st['ci'])}, "
-                       f"{_p(st['p_value'])}).")  # fmt: skip
+            st = audit.length.p_longer.per_annotator[name]
+            out.append(f"{name} chose the longer response {_pct(st.rate)} of the time ({_ci_pct(st.ci)}, "
+                       f"{_p(st.p_value)}).")  # fmt: skip
     return out
 
 
-def _ranking_findings(rank: dict) -> list[str]:
-    if not rank["plain"]:
+def _ranking_findings(rank: Ranking) -> list[str]:
+    if not rank.plain:
         return ["Fewer than two candidate sources: no Bradley-Terry ranking."]
 
-    def order(rows):
-        return " > ".join(f"{r['source']} ({_f(r['score']):.0f})" for r in rows)
+    def order(rows: tuple[RankRow, ...]) -> str:
+        return " > ".join(f"{r.source} ({r.score:.0f})" for r in rows)
 
-    out = [f"Bradley-Terry ranking of sources: {order(rank['plain'])}."]
-    out.append(f"Controlling for length and Markdown formatting: {order(rank['style'])}.")
-    return out
+    return [
+        f"Bradley-Terry ranking of sources: {order(rank.plain)}.",
+        f"Controlling for length and Markdown formatting: {order(rank.style)}.",
+    ]
 
 
 # -- figures ---------------------------------------------------------------------------------------------------
@@ -166,20 +178,22 @@ def _subplots(figsize: tuple[float, float]):
     return fig, fig.subplots()
 
 
-def _errorbar(ax, names: list[str], stats: list[dict], color: str, label: str | None = None, shift: float = 0.0):
-    ys = [_f(s["rate"]) for s in stats]
-    lo = [max(y - _f(s["ci"][0]), 0) if math.isfinite(y) else 0 for y, s in zip(ys, stats)]
-    hi = [max(_f(s["ci"][1]) - y, 0) if math.isfinite(y) else 0 for y, s in zip(ys, stats)]
+def _errorbar(ax, stats: list[Proportion | MajorityAgreement], color: str, label: str | None = None,
+              shift: float = 0.0) -> None:  # fmt: skip
+    ys = [st.rate for st in stats]
+    lo = [max(y - st.ci[0], 0) if math.isfinite(y) else 0 for y, st in zip(ys, stats)]
+    hi = [max(st.ci[1] - y, 0) if math.isfinite(y) else 0 for y, st in zip(ys, stats)]
     xs = [i + shift for i in range(len(stats))]
     ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", color=color, capsize=4, label=label)
 
 
-def _rate_figure(audit: dict, per: dict, overall: dict, title: str, ylabel: str, null: float = 0.5):
+def _rate_figure(audit: AuditResult, per: dict[str, Proportion], overall: Proportion, title: str, ylabel: str,
+                 null: float = 0.5):  # fmt: skip
     names = sorted(per)
     fig, ax = _subplots(figsize=(max(5, 0.7 * len(names) + 2), 3.6))
-    flagged = set(audit["flags"]["random_clickers"])
-    _errorbar(ax, names, [per[n] for n in names], "tab:blue", "per annotator")
-    _errorbar(ax, ["ALL"], [overall], "black", "all annotators", shift=len(names))
+    flagged = set(audit.flags.random_clickers)
+    _errorbar(ax, [per[n] for n in names], "tab:blue", "per annotator")
+    _errorbar(ax, [overall], "black", "all annotators", shift=len(names))
     ax.axhline(null, color="grey", ls="--", lw=1, label=f"no bias ({null:.0%})")
     ax.set_xticks(range(len(names) + 1), [f"{n} *" if n in flagged else n for n in names] + ["ALL"], rotation=30)
     ax.set_ylim(0, 1)
@@ -189,15 +203,15 @@ def _rate_figure(audit: dict, per: dict, overall: dict, title: str, ylabel: str,
     return fig
 
 
-def _annotator_figure(audit: dict):
-    ann = audit["annotators"]
+def _annotator_figure(audit: AuditResult):
+    ann = audit.annotators
     names = sorted(ann)
     fig, ax = _subplots(figsize=(max(5, 0.7 * len(names) + 2), 3.6))
-    _errorbar(ax, names, [ann[n]["majority"] for n in names], "tab:blue", "agreement with majority", -0.12)
-    _errorbar(ax, names, [ann[n]["gold"] for n in names], "tab:orange", "gold accuracy", 0.12)
-    ax.scatter(range(len(names)), [_f(ann[n]["majority"]["chance"]) for n in names], marker="_", s=300,
+    _errorbar(ax, [ann[n].majority for n in names], "tab:blue", "agreement with majority", -0.12)
+    _errorbar(ax, [ann[n].gold for n in names], "tab:orange", "gold accuracy", 0.12)
+    ax.scatter(range(len(names)), [ann[n].majority.chance for n in names], marker="_", s=300,
                color="black", label="chance agreement", zorder=3)  # fmt: skip
-    flagged = set(audit["flags"]["random_clickers"])
+    flagged = set(audit.flags.random_clickers)
     ax.set_xticks(range(len(names)), [f"{n} *" if n in flagged else n for n in names], rotation=30)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("share (95% CI)")
@@ -206,15 +220,16 @@ def _annotator_figure(audit: dict):
     return fig
 
 
-def _ranking_figure(rank: dict):
-    fig, ax = _subplots(figsize=(6, max(2.5, 0.5 * len(rank["plain"]) + 1.5)))
-    order = [r["source"] for r in rank["plain"]][::-1]
-    for kind, color, dy in (("plain", "tab:blue", 0.15), ("style", "tab:green", -0.15)):
-        by = {r["source"]: r for r in rank[kind]}
-        xs = [_f(by[s]["score"]) for s in order]
-        err = [[max(x - _f(by[s]["ci"][0]), 0) for x, s in zip(xs, order)],
-               [max(_f(by[s]["ci"][1]) - x, 0) for x, s in zip(xs, order)]]  # fmt: skip
-        label = "plain" if kind == "plain" else "style-controlled (length, formatting)"
+def _ranking_figure(rank: Ranking):
+    fig, ax = _subplots(figsize=(6, max(2.5, 0.5 * len(rank.plain) + 1.5)))
+    order = [r.source for r in rank.plain][::-1]
+    kinds = ((rank.plain, "tab:blue", 0.15, "plain"),
+             (rank.style, "tab:green", -0.15, "style-controlled (length, formatting)"))  # fmt: skip
+    for rows, color, dy, label in kinds:
+        by = {r.source: r for r in rows}
+        xs = [by[s].score for s in order]
+        err = [[max(x - by[s].ci[0], 0) for x, s in zip(xs, order)],
+               [max(by[s].ci[1] - x, 0) for x, s in zip(xs, order)]]  # fmt: skip
         ax.errorbar(xs, [i + dy for i in range(len(order))], xerr=err, fmt="o", color=color, capsize=4, label=label)
     ax.set_yticks(range(len(order)), order)
     ax.axvline(1000, color="grey", lw=1, ls="--")
@@ -224,16 +239,15 @@ def _ranking_figure(rank: dict):
     return fig
 
 
-def empty_figures(audit: dict) -> dict[str, str]:
+def empty_figures(audit: AuditResult) -> dict[str, str]:
     """Figures with nothing to show, and why (the HTML leaves them out; the Dashboard shows the reason)."""
-    ann = audit["annotators"].values()
+    ann = audit.annotators.values()
     reasons = {
-        "position": audit["position"]["overall"]["n"] == 0 and "no decisive vote with a recorded left/right side",
-        "length": audit["length"]["p_longer"]["overall"]["n"] == 0
-        and "no decisive vote on responses of unequal length",
-        "annotators": not any(a["majority"]["n"] or a["gold"]["n"] for a in ann)
+        "position": audit.position.overall.n == 0 and "no decisive vote with a recorded left/right side",
+        "length": audit.length.p_longer.overall.n == 0 and "no decisive vote on responses of unequal length",
+        "annotators": not any(a.majority.n or a.gold.n for a in ann)
         and "no pair judged by two annotators and no gold pair",
-        "ranking": not audit["ranking"]["plain"] and "fewer than two candidate sources",
+        "ranking": not audit.ranking.plain and "fewer than two candidate sources",
     }
     return {name: why for name, why in reasons.items() if why}
 
@@ -245,19 +259,18 @@ def _placeholder(title: str, why: str):
     return fig
 
 
-def make_figures(audit: dict) -> dict:
+def make_figures(audit: AuditResult) -> dict[str, Any]:
     """name -> matplotlib Figure, always the keys position, length, annotators, ranking (a figure with nothing
     to show says why). Built without pyplot, so nothing is kept alive by a global registry (the Dashboard
     redraws these on every refresh)."""
-    length = audit["length"]
+    pos, length = audit.position, audit.length
     builders = {
-        "position": lambda: _rate_figure(audit, audit["position"]["per_annotator"], audit["position"]["overall"],
-                                         "Position bias: share of left wins", "left chosen (95% CI)"),
-        "length": lambda: _rate_figure(audit, length["p_longer"]["per_annotator"], length["p_longer"]["overall"],
-                                       "Length bias: share of longer wins",
-                                       f"longer ({length['unit']}) chosen (95% CI)"),
+        "position": lambda: _rate_figure(audit, pos.per_annotator, pos.overall, "Position bias: share of left wins",
+                                         "left chosen (95% CI)"),
+        "length": lambda: _rate_figure(audit, length.p_longer.per_annotator, length.p_longer.overall,
+                                       "Length bias: share of longer wins", f"longer ({length.unit}) chosen (95% CI)"),
         "annotators": lambda: _annotator_figure(audit),
-        "ranking": lambda: _ranking_figure(audit["ranking"]),
+        "ranking": lambda: _ranking_figure(audit.ranking),
     }  # fmt: skip
     empty = empty_figures(audit)
     return {name: _placeholder(name, empty[name]) if name in empty else build() for name, build in builders.items()}
@@ -283,27 +296,26 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _annotator_rows(audit: dict) -> list[list[Any]]:
+def _annotator_rows(audit: AuditResult) -> list[list[Any]]:
+    none = Proportion(k=0, n=0, rate=math.nan, ci=(math.nan, math.nan), p_value=math.nan, null=0.5)
     rows = []
-    for name, a in sorted(audit["annotators"].items()):
-        pos = audit["position"]["per_annotator"].get(name, {"rate": None, "ci": [None, None]})
-        lng = audit["length"]["p_longer"]["per_annotator"].get(name, {"rate": None, "ci": [None, None]})
-        flags = ", ".join(a.get("flags", []))
+    for name, a in sorted(audit.annotators.items()):
+        pos = audit.position.per_annotator.get(name, none)
+        lng = audit.length.p_longer.per_annotator.get(name, none)
         rows.append([
-            html.escape(name), a["votes"], f"{_pct(a['gold']['rate'])} (n={a['gold']['n']})",
-            f"{_pct(a['majority']['rate'])} vs {_pct(a['majority']['chance'])} (n={a['majority']['n']})",
-            f"{_pct(pos['rate'])} [{_ci_pct(pos['ci'])}]", f"{_pct(lng['rate'])} [{_ci_pct(lng['ci'])}]",
-            f"{_f(a['decision_ms']['median']) / 1000:.1f}", f"<span class=flag>{html.escape(flags)}</span>",
+            html.escape(name), a.votes, f"{_pct(a.gold.rate)} (n={a.gold.n})",
+            f"{_pct(a.majority.rate)} vs {_pct(a.majority.chance)} (n={a.majority.n})",
+            f"{_pct(pos.rate)} [{_ci_pct(pos.ci)}]", f"{_pct(lng.rate)} [{_ci_pct(lng.ci)}]",
+            f"{a.decision_ms.median / 1000:.1f}", f"<span class=flag>{html.escape(', '.join(a.flags))}</span>",
         ])  # fmt: skip
     return rows
 
 
-def _rank_row(r: dict) -> list[Any]:
-    ci = f"{_f(r['ci'][0]):.0f} to {_f(r['ci'][1]):.0f}"
-    return [r["rank"], html.escape(r["source"]), f"{_f(r['score']):.0f}", ci, r["comparisons"]]
+def _rank_row(r: RankRow) -> list[Any]:
+    return [r.rank, html.escape(r.source), f"{r.score:.0f}", f"{r.ci[0]:.0f} to {r.ci[1]:.0f}", r.comparisons]
 
 
-def render_html(audit: dict, title: str = "Preference data audit") -> str:
+def render_html(audit: AuditResult, title: str = "Preference data audit") -> str:
     """A self-contained HTML page: findings, figures (base64 PNG), tables and the definitions used."""
     empty = empty_figures(audit)
     figs = {name: _png_b64(fig) for name, fig in make_figures(audit).items() if name not in empty}
@@ -314,33 +326,62 @@ def render_html(audit: dict, title: str = "Preference data audit") -> str:
          "median decision (s)", "flags"], _annotator_rows(audit))  # fmt: skip
     kappa = _table(
         ["annotators", "shared pairs", "Cohen's kappa", "95% CI"],
-        [[html.escape(" / ".join(p["annotators"])), p["n"], f"{_f(p['kappa']):.2f}",
-          f"{_f(p['ci'][0]):.2f} to {_f(p['ci'][1]):.2f}"] for p in audit["agreement"]["kappa_pairs"]],
+        [[html.escape(" / ".join(p.annotators)), p.n, f"{p.kappa:.2f}", f"{p.ci[0]:.2f} to {p.ci[1]:.2f}"]
+         for p in audit.agreement.kappa_pairs],
     )  # fmt: skip
-    rank = audit["ranking"]
-    rank_rows = {kind: [_rank_row(r) for r in rank[kind]] for kind in ("plain", "style")}
     heads = ["rank", "source", "score", "95% CI", "comparisons"]
-    d = audit["definitions"]
+    plain, style = (_table(heads, [_rank_row(r) for r in rows]) for rows in (audit.ranking.plain, audit.ranking.style))
+    d = audit.definitions
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>
 <h2>Findings</h2><ul>{items}</ul><h2>Figures</h2>{imgs}
 <h2>Annotators</h2>{ann}<h2>Pairwise agreement</h2>{kappa}
-<h2>Bradley-Terry ranking</h2><h3>Plain</h3>{_table(heads, rank_rows["plain"])}
-<h3>Style-controlled (length and Markdown headers, lists, bold as covariates)</h3>{_table(heads, rank_rows["style"])}
-<h2>Definitions</h2><p>{html.escape(d["random_clicker_rule"])}</p>
-<p>Hedging markers (per 100 words): <code>{html.escape(", ".join(d["hedge_markers"]))}</code></p>
-<p>Confidence markers (per 100 words): <code>{html.escape(", ".join(d["confidence_markers"]))}</code></p>
+<h2>Bradley-Terry ranking</h2><h3>Plain</h3>{plain}
+<h3>Style-controlled (length and Markdown headers, lists, bold as covariates)</h3>{style}
+<h2>Definitions</h2><p>{html.escape(d.random_clicker_rule)}</p>
+<p>Hedging markers (per 100 words): <code>{html.escape(", ".join(d.hedge_markers))}</code></p>
+<p>Confidence markers (per 100 words): <code>{html.escape(", ".join(d.confidence_markers))}</code></p>
 <p>A pair is a prompt and an unordered pair of response ids; ties and both_bad are categories of their own in
 agreement; skips are left out. The full numbers are in the JSON report.</p></body></html>"""
 
 
-def write_json(audit: dict, path: str | Path) -> Path:
+def write_json(audit: AuditResult, path: str | Path) -> Path:
+    """The versioned JSON form (AuditResult.to_dict: schema_version, NaN as null)."""
     path = Path(path)
-    path.write_text(json.dumps(to_jsonable(audit), indent=2, allow_nan=False))
+    path.write_text(json.dumps(audit.to_dict(), indent=2, allow_nan=False))
     return path
 
 
-def write_html(audit: dict, path: str | Path) -> Path:
+def write_html(audit: AuditResult, path: str | Path) -> Path:
     path = Path(path)
     path.write_text(render_html(audit), encoding="utf-8")
     return path
+
+
+def read_json(path: str | Path) -> AuditResult:
+    """An audit.json written by write_json (or `python -m annotate audit --json`), typed again."""
+    return AuditResult.from_dict(json.loads(Path(path).read_text()))
+
+
+# -- the app's Dashboard -------------------------------------------------------------------------------------------
+def dashboard_summary(table: Any, gold: GoldMap | None = None, n_boot: int = 200) -> DashboardSummary:
+    """What the app's Dashboard tab shows: findings, one row per annotator, and the audit they come from (for
+    `dashboard_figures`). `table` is what run_audit takes. Fewer bootstrap draws than the CLI so that it refreshes
+    quickly."""
+    audit = run_audit(table, gold, n_boot=n_boot)
+    nan = math.nan
+    rows = []
+    for name, ann in audit.annotators.items():
+        pos, lng = audit.position.per_annotator.get(name), audit.length.p_longer.per_annotator.get(name)
+        rows.append(AnnotatorRow(
+            annotator=name, votes=ann.votes, gold_accuracy=ann.gold.rate, majority_agreement=ann.majority.rate,
+            median_decision_s=ann.decision_ms.median / 1000, left_share=pos.rate if pos else nan,
+            longer_share=lng.rate if lng else nan, flags=", ".join(ann.flags),
+        ))  # fmt: skip
+    return DashboardSummary(audit=audit, findings=tuple(findings(audit)), annotators=tuple(rows))
+
+
+def dashboard_figures(summary_or_audit: DashboardSummary | AuditResult) -> dict[str, Any]:
+    """Matplotlib figures (name -> Figure) for `gr.Plot`s, from `dashboard_summary(...)` or `run_audit(...)`."""
+    audit = summary_or_audit.audit if isinstance(summary_or_audit, DashboardSummary) else summary_or_audit
+    return make_figures(audit)

@@ -1,7 +1,9 @@
 """Statistics the audit is built from: proportions with CIs, agreement coefficients, logistic and Bradley-Terry fits.
 
 Plain numpy + scipy (no sklearn/statsmodels), vectorised so an audit of 100k comparisons takes seconds.
-Every function returns plain Python numbers (NaN where undefined) so results serialise to JSON unchanged.
+Summaries come back as the result types of annotate.audit_types (Python floats, NaN where undefined).
+`newton_logistic` is the project's one logistic-regression solver (the Bradley-Terry fits of audit_rank and the
+regressions of audit_bias go through it); `bootstrap_logistic` is its fast approximation for many replicates.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import math
 
 import numpy as np
 from scipy import optimize, stats
+
+from annotate.audit_types import Coefficient, Interval, Kappa, KrippendorffAlpha, Proportion
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -25,22 +29,22 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (max(0.0, center - half), min(1.0, center + half))
 
 
-def proportion(k: int, n: int, null: float = 0.5, alternative: str = "two-sided") -> dict:
+def proportion(k: int, n: int, null: float = 0.5, alternative: str = "two-sided") -> Proportion:
     """k successes out of n: rate, Wilson 95% CI and an exact binomial test against `null`."""
     k, n = int(k), int(n)
     lo, hi = wilson(k, n)
     p_value = float(stats.binomtest(k, n, null, alternative=alternative).pvalue) if n > 0 else math.nan
-    return {"k": k, "n": n, "rate": k / n if n else math.nan, "ci": [lo, hi], "p_value": p_value, "null": null}
+    return Proportion(k=k, n=n, rate=k / n if n else math.nan, ci=(lo, hi), p_value=p_value, null=null)
 
 
-def percentile_ci(samples: np.ndarray, level: float = 0.95) -> list[float]:
+def percentile_ci(samples: np.ndarray, level: float = 0.95) -> Interval:
     """Percentile bootstrap interval; NaN samples (undefined statistic in a resample) are ignored."""
     s = np.asarray(samples, dtype=float)
     s = s[np.isfinite(s)]
     if s.size == 0:
-        return [math.nan, math.nan]
+        return (math.nan, math.nan)
     a = (1 - level) / 2 * 100
-    return [float(np.percentile(s, a)), float(np.percentile(s, 100 - a))]
+    return (float(np.percentile(s, a)), float(np.percentile(s, 100 - a)))
 
 
 # -- agreement ---------------------------------------------------------------------------------------------
@@ -56,7 +60,7 @@ def _kappa_from_counts(conf: np.ndarray) -> np.ndarray:
 
 def cohen_kappa(
     labels1: np.ndarray, labels2: np.ndarray, n_categories: int, n_boot: int = 1000, seed: int = 0
-) -> dict:
+) -> Kappa:
     """Cohen's kappa (1960) of two raters on the same items (integer-coded labels), with a bootstrap CI.
 
     Resampling items with replacement is the same as drawing the confusion table from a multinomial with the
@@ -67,12 +71,12 @@ def cohen_kappa(
     np.add.at(conf, (labels1, labels2), 1)
     n = int(conf.sum())
     kappa = float(_kappa_from_counts(conf)) if n else math.nan
-    ci = [math.nan, math.nan]
+    ci = (math.nan, math.nan)
     if n >= 2 and n_boot > 0:
         rng = np.random.default_rng(seed)
         boot = rng.multinomial(n, conf.ravel() / n, size=n_boot).reshape(n_boot, n_categories, n_categories)
         ci = percentile_ci(_kappa_from_counts(boot.astype(float)))
-    return {"kappa": kappa, "ci": ci, "n": n, "observed_agreement": float(np.trace(conf) / n) if n else math.nan}
+    return Kappa(kappa=kappa, ci=ci, n=n, observed_agreement=float(np.trace(conf) / n) if n else math.nan)
 
 
 def _alpha_terms(counts: np.ndarray) -> np.ndarray:
@@ -98,7 +102,7 @@ def unit_counts(units: np.ndarray, labels: np.ndarray, n_categories: int) -> np.
     return counts[counts.sum(axis=1) >= 2]
 
 
-def krippendorff_alpha(counts: np.ndarray, n_boot: int = 1000, seed: int = 0, chunk: int = 50) -> dict:
+def krippendorff_alpha(counts: np.ndarray, n_boot: int = 1000, seed: int = 0, chunk: int = 50) -> KrippendorffAlpha:
     """Krippendorff's alpha for nominal data from a (units, categories) count matrix, with a bootstrap CI.
 
     Only pairable values count (units rated at least twice). The bootstrap resamples units, in chunks so that
@@ -108,10 +112,10 @@ def krippendorff_alpha(counts: np.ndarray, n_boot: int = 1000, seed: int = 0, ch
     counts = counts[counts.sum(axis=1) >= 2]
     u = counts.shape[0]
     if u == 0:
-        return {"alpha": math.nan, "ci": [math.nan, math.nan], "units": 0, "values": 0}
+        return KrippendorffAlpha(alpha=math.nan, ci=(math.nan, math.nan), units=0, values=0)
     terms = _alpha_terms(counts)
     alpha = float(_alpha_from_terms(terms.sum(axis=0)))
-    ci = [math.nan, math.nan]
+    ci = (math.nan, math.nan)
     if n_boot > 0 and u >= 2:
         rng = np.random.default_rng(seed)
         boots = []
@@ -119,40 +123,94 @@ def krippendorff_alpha(counts: np.ndarray, n_boot: int = 1000, seed: int = 0, ch
             idx = rng.integers(0, u, size=(min(chunk, n_boot - start), u))
             boots.append(_alpha_from_terms(terms[idx].sum(axis=1)))
         ci = percentile_ci(np.concatenate(boots))
-    return {"alpha": alpha, "ci": ci, "units": int(u), "values": int(counts.sum())}
+    return KrippendorffAlpha(alpha=alpha, ci=ci, units=int(u), values=int(counts.sum()))
 
 
 # -- regression --------------------------------------------------------------------------------------------
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    # 1 / (1 + e^-z): 1.5x faster than scipy's expit on large arrays, and exact enough (e^-z = inf gives 0).
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-z))
+
+
+def logistic_nll(beta: np.ndarray, x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 0.0) -> np.ndarray:
+    """Weighted negative log-likelihood of a logistic model, for (K,) or batched (B, K) coefficients with (R,)
+    or (B, R) weights; y may be fractional (a tie is y = 0.5). log(1 + e^z) - y z, written stably."""
+    z = beta @ x.T
+    return (w * (np.logaddexp(0, z) - y * z)).sum(axis=-1) + 0.5 * l2 * (beta * beta).sum(axis=-1)
+
+
 def _logistic_loss(beta: np.ndarray, x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float):
-    """Weighted negative log-likelihood of a logistic model and its gradient; y may be fractional (ties = 0.5)."""
-    z = x @ beta
-    # log(1 + e^z) - y z, written stably
-    nll = float(w @ (np.logaddexp(0, z) - y * z)) + 0.5 * l2 * float(beta @ beta)
-    p = 1 / (1 + np.exp(-z))
-    grad = x.T @ (w * (p - y)) + l2 * beta
-    return nll, grad
+    """(loss, gradient) of one fit, in the form scipy.optimize.minimize(jac=True) takes."""
+    grad = x.T @ (w * (_sigmoid(x @ beta) - y)) + l2 * beta
+    return float(logistic_nll(beta, x, y, w, l2)), grad
 
 
-def _newton(x, y, w, l2, beta, iters: int = 50, tol: float = 1e-9) -> tuple[np.ndarray, bool]:
-    """Newton-Raphson with step halving on the weighted logistic loss (convex, so this converges fast)."""
-    eye = l2 * np.eye(x.shape[1])
-    loss, grad = _logistic_loss(beta, x, y, w, l2)
+def newton_logistic(
+    x: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    l2: float = 0.0,
+    beta0: np.ndarray | None = None,
+    iters: int = 50,
+    tol: float = 1e-9,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted logistic regression (no implicit intercept: add a column of ones) by Newton-Raphson with step
+    halving, for one weight vector or a batch of them (bootstrap replicates solved together).
+
+    x: (R, K) design; y: (R,) outcomes in [0, 1]; weights: None, (R,) or (B, R); beta0: start, (K,) or (B, K).
+    Returns (beta, converged): (K,) and a bool for 1-D weights, else (B, K) and (B,). The loss is convex, so
+    this takes a handful of iterations. A fit that stalls or runs out of iterations with a gradient still
+    clearly non-zero is reported as not converged; fit_logistic then falls back to L-BFGS.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=float)
+    single = w.ndim == 1
+    w = np.atleast_2d(w)
+    k = x.shape[1]
+    beta = np.zeros((len(w), k)) if beta0 is None else np.broadcast_to(np.asarray(beta0, float), (len(w), k)).copy()
+    eye = l2 * np.eye(k)
+    loss = logistic_nll(beta, x, y, w, l2)
+    active = np.ones(len(w), dtype=bool)
+    converged = np.zeros(len(w), dtype=bool)
     for _ in range(iters):
-        p = 1 / (1 + np.exp(-(x @ beta)))
-        hess = (x * (w * p * (1 - p))[:, None]).T @ x + eye
-        step = np.linalg.lstsq(hess, grad, rcond=None)[0]
-        t = 1.0
-        while t > 1e-4:
-            new_loss, new_grad = _logistic_loss(beta - t * step, x, y, w, l2)
-            if new_loss <= loss + 1e-12:
-                break
-            t /= 2
-        else:
-            return beta, False
-        beta, loss, grad = beta - t * step, new_loss, new_grad
-        if np.abs(t * step).max() < tol:
-            return beta, True
-    return beta, bool(np.abs(grad).max() < 1e-6 * max(1.0, float(w.sum())))
+        b, ww = beta[active], w[active]
+        p = _sigmoid(b @ x.T)  # (b, R)
+        grad = (ww * (p - y)) @ x + l2 * b
+        hess = ((ww * p * (1 - p))[:, :, None] * x).transpose(0, 2, 1) @ x + eye  # (b, K, K), BLAS
+        try:
+            step = np.linalg.solve(hess, grad[..., None])[..., 0]
+        except np.linalg.LinAlgError:  # singular without a penalty (e.g. a constant column): least squares
+            step = (np.linalg.pinv(hess) @ grad[..., None])[..., 0]
+        t = np.ones(len(b))
+        old = loss[active]
+        new_loss = logistic_nll(b - t[:, None] * step, x, y, ww, l2)
+        bad = ~(new_loss <= old + 1e-12)
+        retry = bad
+        while retry.any():
+            t[retry] /= 2
+            new_loss[retry] = logistic_nll(b[retry] - t[retry, None] * step[retry], x, y, ww[retry], l2)
+            bad = ~(new_loss <= old + 1e-12)
+            retry = bad & (t > 1e-4)
+        idx = np.flatnonzero(active)
+        moved = idx[~bad]
+        beta[moved] -= t[~bad, None] * step[~bad]
+        loss[moved] = new_loss[~bad]
+        small = ~bad & (np.abs(t[:, None] * step).max(axis=1) < tol)
+        converged[idx[small]] = True
+        # A stall (no descent even at t = 1e-4) ends the replicate: at the optimum rounding makes every step look
+        # uphill, so it counts as converged when the gradient is negligible.
+        stalled = bad & (np.abs(grad).max(axis=1) < 1e-6 * np.maximum(1.0, ww.sum(axis=1)))
+        converged[idx[stalled]] = True
+        active[idx[small | bad]] = False
+        if not active.any():
+            break
+    else:  # out of iterations: judge by the gradient
+        p = _sigmoid(beta[active] @ x.T)
+        grad = (w[active] * (p - y)) @ x + l2 * beta[active]
+        converged[active] = np.abs(grad).max(axis=1) < 1e-6 * np.maximum(1.0, w[active].sum(axis=1))
+    return (beta[0], bool(converged[0])) if single else (beta, converged)
 
 
 def fit_logistic(
@@ -166,19 +224,19 @@ def fit_logistic(
     """Maximum-likelihood logistic regression; returns coefficients and, if asked, their covariance (inverse of
     the observed information X' W p(1-p) X + l2 I).
 
-    Newton-Raphson first (a handful of iterations for a few columns); scipy's L-BFGS if Newton stalls, e.g. on
+    newton_logistic first (a handful of iterations for a few columns); scipy's L-BFGS if Newton stalls, e.g. on
     separable data without a penalty.
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=float)
     b0 = np.zeros(x.shape[1]) if beta0 is None else np.asarray(beta0, dtype=float)
-    beta, ok = _newton(x, y, w, l2, b0)
+    beta, ok = newton_logistic(x, y, w, l2=l2, beta0=b0)
     if not ok:
         beta = optimize.minimize(_logistic_loss, b0, args=(x, y, w, l2), jac=True, method="L-BFGS-B").x
     if not with_cov:
         return beta, None
-    p = 1 / (1 + np.exp(-(x @ beta)))
+    p = _sigmoid(x @ beta)
     info = (x * (w * p * (1 - p))[:, None]).T @ x + l2 * np.eye(x.shape[1])
     return beta, np.linalg.pinv(info)
 
@@ -193,7 +251,7 @@ def bootstrap_logistic(
     every step is one matrix product for a whole chunk of replicates (100k rows x 200 draws in about a second).
     """
     n, k = x.shape
-    p0 = 1 / (1 + np.exp(-(x @ beta)))
+    p0 = _sigmoid(x @ beta)
     h_inv = np.linalg.pinv((x * (p0 * (1 - p0))[:, None]).T @ x + l2 * np.eye(k))
     out = []
     for start in range(0, n_boot, chunk):
@@ -201,7 +259,7 @@ def bootstrap_logistic(
         b = np.repeat(beta[None, :], len(w), axis=0)  # (b, K)
         scale = n / np.maximum(w.sum(axis=1, keepdims=True), 1.0)  # the shared Hessian, per replicate's size
         for _ in range(30):
-            p = 1 / (1 + np.exp(-(b @ x.T)))  # (b, N)
+            p = _sigmoid(b @ x.T)  # (b, N)
             step = (((w * (p - y)) @ x + l2 * b) @ h_inv.T) * scale  # (b, K)
             b -= step
             if np.abs(step).max() < 1e-7:  # log-odds; far below what any reported figure resolves
@@ -213,20 +271,16 @@ def bootstrap_logistic(
     return np.concatenate(out) if out else np.empty((0, k))
 
 
-def coef_table(names: list[str], beta: np.ndarray, cov: np.ndarray) -> dict:
+def coef_table(names: list[str], beta: np.ndarray, cov: np.ndarray) -> dict[str, Coefficient]:
     """Wald summaries: coefficient, SE, 95% CI, two-sided p-value and odds ratio for each named term."""
     out = {}
     for i, name in enumerate(names):
         se = float(math.sqrt(max(cov[i, i], 0.0)))
         b = float(beta[i])
         p = float(2 * stats.norm.sf(abs(b) / se)) if se > 0 else math.nan
-        out[name] = {
-            "coef": b,
-            "se": se,
-            "ci": [b - Z95 * se, b + Z95 * se],
-            "p_value": p,
-            "odds_ratio": float(math.exp(min(b, 700))),
-        }
+        out[name] = Coefficient(
+            coef=b, se=se, ci=(b - Z95 * se, b + Z95 * se), p_value=p, odds_ratio=float(math.exp(min(b, 700)))
+        )
     return out
 
 

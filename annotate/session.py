@@ -356,12 +356,12 @@ def dashboard_view(store: ComparisonStore, gold: dict | None = None) -> dict:
     """The admin Dashboard, live: the audit's plain-language findings, one row per annotator, and its figures
     (the same numbers as `python -m annotate audit`, with fewer bootstrap draws so a refresh stays quick). Source
     and annotator names inside are untrusted: findings go through the Markdown path, table cells are escaped."""
-    from annotate.audit import dashboard_figures, dashboard_summary
+    from annotate.audit_report import dashboard_figures, dashboard_summary
 
     summary = dashboard_summary(store.read(), gold, n_boot=200)
-    findings = '<div class="findings">' + render_markdown("\n".join(f"- {x}" for x in summary["findings"])) + "</div>"
-    return {"findings": findings, "annotators": html_table(summary["annotators"]),
-            "figures": dashboard_figures(summary)}  # fmt: skip
+    findings = '<div class="findings">' + render_markdown("\n".join(f"- {x}" for x in summary.findings)) + "</div>"
+    rows = [row.to_dict() for row in summary.annotators]  # NaN as None: an undefined figure shows as such
+    return {"findings": findings, "annotators": html_table(rows), "figures": dashboard_figures(summary)}
 
 
 def html_table(rows: list[dict]) -> str:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlhf.models import DEFAULT_MODEL, DEFAULT_MODEL_NAME
+
+if TYPE_CHECKING:
+    from annotate.audit_types import AuditResult
 
 VERBOSITY_NOTE = (
     "Verbosity: preference-tuned models tend to answer at greater length than needed, because human and reward-model "
@@ -45,26 +48,16 @@ def size_category(n: int) -> str:
 # ---------------------------------------------------------------- dataset card
 
 
-def _audit_section(audit: dict | None, why_missing: str) -> str:
+def _audit_section(audit: AuditResult | None, why_missing: str) -> str:
     """Agreement and bias figures from annotate.audit, or a plain statement that the audit was not run."""
     if audit is None:
         return f"The audit was not run: {why_missing}."
-
-    def pick(obj: Any) -> Any:  # a figure may be a bare number or {rate|value|alpha|estimate, ci, ...}
-        if isinstance(obj, dict):
-            for key in ("rate", "value", "alpha", "estimate"):
-                if key in obj:
-                    return obj[key]
-        return obj
-
     rows = {
-        "Krippendorff's alpha (all annotators)": pick(audit.get("agreement", {}).get("alpha")),
-        "mean Cohen's kappa (annotator pairs)": audit.get("agreement", {}).get("mean_kappa"),
-        "share of decisive votes for the left response": pick(audit.get("position", {}).get("overall")),
-        "share of decisive votes for the longer response": pick(
-            audit.get("length", {}).get("p_longer", {}).get("overall")
-        ),
-        "annotators flagged as random clickers": len(audit.get("flags", {}).get("random_clickers", []) or []),
+        "Krippendorff's alpha (all annotators)": audit.agreement.alpha.alpha,
+        "mean Cohen's kappa (annotator pairs)": audit.agreement.mean_kappa,
+        "share of decisive votes for the left response": audit.position.overall.rate,
+        "share of decisive votes for the longer response": audit.length.p_longer.overall.rate,
+        "annotators flagged as random clickers": len(audit.flags.random_clickers),
     }
     note = "50% means no position or length preference; alpha 1 is full agreement, 0 is chance."
     return _table(rows, ("figure (annotate.audit)", "value")) + f"\n\n{note}"
@@ -78,7 +71,7 @@ def dataset_card(
     annotators: dict[str, int],
     pseudonymised: bool,
     schemas: dict[str, Any],
-    audit: dict | None,
+    audit: AuditResult | None,
     audit_missing: str,
     guidelines: str | None,
 ) -> str:

@@ -73,19 +73,13 @@ def length_regression(
     """
     import numpy as np
 
+    from annotate.audit_stats import newton_logistic
+
     y = np.asarray(wins, dtype=float)
     scale = max(1.0, float(np.mean(reference_len)))
     x = (np.asarray(policy_len, float) - np.asarray(reference_len, float)) / scale
     X = np.stack([np.ones_like(x), x], 1)  # (n, 2)
-    w = np.zeros(2)
-    for _ in range(100):
-        p = 1.0 / (1.0 + np.exp(-(X @ w)))
-        grad = X.T @ (p - y) + l2 * w
-        hess = X.T @ (X * (p * (1 - p))[:, None]) + l2 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-10:
-            break
+    w, _ = newton_logistic(X, y, l2=l2, iters=100, tol=1e-10)  # the audit's solver: one logistic fit in the project
     return {"intercept": float(w[0]), "slope": float(w[1]), "win_rate": float(1.0 / (1.0 + math.exp(-w[0])))}
 
 

@@ -17,9 +17,12 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from annotate.schema import SchemaError
+
+if TYPE_CHECKING:
+    from annotate.audit_types import AuditResult
 
 NO_TOKEN = (
     "error: no Hugging Face token: set HF_TOKEN or run `hf auth login` (or write the folder only with --dry-run DIR)"
@@ -122,16 +125,13 @@ def hub_friendly(table):
     return table
 
 
-def _run_audit(table) -> tuple[dict | None, str]:
-    """annotate.audit's figures when that module (and everything it needs) is importable."""
+def _run_audit(table) -> tuple[AuditResult | None, str]:
+    """annotate.audit's figures when that module (and everything it needs, e.g. scipy) is importable."""
     try:
-        from annotate.audit import run_audit, to_jsonable
+        from annotate.audit import run_audit
     except ImportError as e:
         return None, f"annotate.audit is not available ({e})"
-    try:
-        return to_jsonable(run_audit(table, n_boot=200)), ""
-    except ImportError as e:  # run_audit imports its parts lazily
-        return None, f"part of annotate.audit is not available ({e})"
+    return run_audit(table, n_boot=200), ""
 
 
 def build_dataset_folder(args: argparse.Namespace, folder: Path) -> dict[str, Any]:

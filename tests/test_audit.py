@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotate.audit import dashboard_figures, dashboard_summary, gold_from_pool, run_audit
-from annotate.audit_stats import krippendorff_alpha
+from annotate.audit import gold_from_pool, run_audit
+from annotate.audit_report import dashboard_figures, dashboard_summary, read_json, render_html, write_json
+from annotate.audit_stats import fit_logistic, krippendorff_alpha, newton_logistic
+from annotate.audit_types import SCHEMA_VERSION, AuditResult
 from annotate.pool import read_pool, write_pool
 from annotate.schema import new_comparison
 from annotate.store import ComparisonStore, read_table
@@ -127,76 +129,74 @@ def simulate(tmp_path: Path, seed: int = 7, prompts: int = 500) -> tuple[Path, P
 
 
 @pytest.fixture(scope="module")
-def audit(tmp_path_factory) -> dict:
+def audit(tmp_path_factory) -> AuditResult:
     store_dir, pool = simulate(tmp_path_factory.mktemp("sim"))
     return run_audit(read_table(str(store_dir)), gold_from_pool(read_pool(pool)), n_boot=300)
 
 
-def _inside(value: float, ci: list[float]) -> bool:
+def _inside(value: float, ci: tuple[float, float]) -> bool:
     return ci[0] <= value <= ci[1]
 
 
 def test_length_bias_recovered(audit):
-    p = audit["length"]["p_longer"]["per_annotator"]
-    assert _inside(0.8, p["longer"]["ci"]) and p["longer"]["p_value"] < 1e-6, p["longer"]
+    p = audit.length.p_longer.per_annotator
+    assert _inside(0.8, p["longer"].ci) and p["longer"].p_value < 1e-6, p["longer"]
     for who in ("h1", "h2", "h3", "lefty", "random"):  # no false alarm on the others
-        assert "length_bias" not in audit["flags"]["per_annotator"][who], (who, p[who])
-    slope = audit["length"]["regression"]["per_annotator"]["longer"]["coefficients"]["length"]
-    assert slope["ci"][0] > 0  # choosing more often the longer side: a positive length slope
-    assert audit["flags"]["per_annotator"]["longer"] == ["length_bias"]
+        assert "length_bias" not in audit.flags.per_annotator[who], (who, p[who])
+    slope = audit.length.regression.per_annotator["longer"].coefficients["length"]
+    assert slope.ci[0] > 0  # choosing more often the longer side: a positive length slope
+    assert audit.flags.per_annotator["longer"] == ("length_bias",)
+    assert audit.annotators["longer"].flags == ("length_bias",)
 
 
 def test_position_bias_recovered(audit):
-    p = audit["position"]["per_annotator"]
-    assert _inside(0.6, p["lefty"]["ci"]) and p["lefty"]["p_value"] < 0.01
+    p = audit.position.per_annotator
+    assert _inside(0.6, p["lefty"].ci) and p["lefty"].p_value < 0.01
     for who in ("h1", "h2", "h3", "longer", "random"):
-        assert "position_bias" not in audit["flags"]["per_annotator"][who], (who, p[who])
-    assert audit["flags"]["per_annotator"]["lefty"] == ["position_bias"]
-    reg = audit["length"]["regression"]["per_annotator"]
-    assert reg["lefty"]["coefficients"]["position"]["ci"][0] > 0 and _inside(
-        0, reg["h1"]["coefficients"]["position"]["ci"]
-    )
+        assert "position_bias" not in audit.flags.per_annotator[who], (who, p[who])
+    assert audit.flags.per_annotator["lefty"] == ("position_bias",)
+    reg = audit.length.regression.per_annotator
+    assert reg["lefty"].coefficients["position"].ci[0] > 0 and _inside(0, reg["h1"].coefficients["position"].ci)
     # A coin flipper changes its winner on half the swapped repeats; honest annotators far less often.
-    flips = audit["position"]["flips"]["per_annotator"]
-    assert _inside(0.5, flips["random"]["ci"]) and flips["h1"]["ci"][1] < 0.4
+    flips = audit.position.flips.per_annotator
+    assert _inside(0.5, flips["random"].ci) and flips["h1"].ci[1] < 0.4
 
 
 def test_random_clicker_flagged_and_only_it(audit):
-    assert audit["flags"]["random_clickers"] == ["random"]
-    ann = audit["annotators"]
-    assert ann["random"]["majority"]["p_value"] >= 0.05
-    assert all(ann[w]["majority"]["p_value"] < 1e-6 for w in ("h1", "h2", "h3", "longer", "lefty"))
+    assert audit.flags.random_clickers == ("random",)
+    ann = audit.annotators
+    assert ann["random"].majority.p_value >= 0.05
+    assert all(ann[w].majority.p_value < 1e-6 for w in ("h1", "h2", "h3", "longer", "lefty"))
     for who in ("longer", "lefty", "random"):
-        assert _inside(TRUE_GOLD[who], ann[who]["gold"]["ci"]), (who, ann[who]["gold"])
+        assert _inside(TRUE_GOLD[who], ann[who].gold.ci), (who, ann[who].gold)
     for who in ("h1", "h2", "h3"):  # honest annotators: clearly better than chance and than the coin flipper
-        assert ann[who]["gold"]["p_value"] < 1e-6 and ann[who]["gold"]["ci"][0] > ann["random"]["gold"]["ci"][1]
-    assert ann["h1"]["votes"] == 500 + 75 + 20  # the undone vote and its retraction are not counted
-    assert ann["h1"]["honeypot"]["tie_rate"] > 0.7 and ann["random"]["decision_ms"]["median"] < 1000
+        assert ann[who].gold.p_value < 1e-6 and ann[who].gold.ci[0] > ann["random"].gold.ci[1]
+    assert ann["h1"].votes == 500 + 75 + 20  # the undone vote and its retraction are not counted
+    assert ann["h1"].honeypot.tie_rate > 0.7 and ann["random"].decision_ms.median < 1000
 
 
 def test_preferred_vs_correct(audit):
-    p = audit["preferred_vs_correct"]["per_annotator"]
-    assert _inside(0.3, p["longer"]["ci"])
-    assert p["h1"]["k"] == 0 and p["h1"]["n"] > 400
+    p = audit.preferred_vs_correct.per_annotator
+    assert _inside(0.3, p["longer"].ci)
+    assert p["h1"].k == 0 and p["h1"].n > 400
 
 
 def test_bradley_terry_recovers_order(audit):
     order = sorted(STRENGTH, key=STRENGTH.get, reverse=True)
-    for kind in ("plain", "style"):
-        rows = audit["ranking"][kind]
-        assert [r["source"] for r in rows] == order
-        assert all(_inside(r["score"], r["ci"]) for r in rows)
-    top, bottom = audit["ranking"]["plain"][0], audit["ranking"]["plain"][-1]
-    assert top["ci"][0] > bottom["ci"][1]
+    for rows in (audit.ranking.plain, audit.ranking.style):
+        assert [r.source for r in rows] == order
+        assert all(_inside(r.score, r.ci) for r in rows)
+    top, bottom = audit.ranking.plain[0], audit.ranking.plain[-1]
+    assert top.ci[0] > bottom.ci[1]
 
 
 def test_agreement_is_moderate_and_bounded(audit):
-    ag = audit["agreement"]
-    assert ag["alpha"]["ci"][0] < ag["alpha"]["alpha"] < ag["alpha"]["ci"][1]
-    kappa = {tuple(p["annotators"]): p for p in ag["kappa_pairs"]}
+    ag = audit.agreement
+    assert ag.alpha.ci[0] < ag.alpha.alpha < ag.alpha.ci[1]
+    kappa = {p.annotators: p for p in ag.kappa_pairs}
     # honest pairs agree far beyond chance; anyone paired with the coin flipper does not
-    assert kappa[("h1", "h2")]["ci"][0] > 0.3
-    assert _inside(0.0, kappa[("h1", "random")]["ci"])
+    assert kappa[("h1", "h2")].ci[0] > 0.3
+    assert _inside(0.0, kappa[("h1", "random")].ci)
 
 
 def _hand_store(tmp_path: Path) -> Path:
@@ -219,13 +219,13 @@ def _hand_store(tmp_path: Path) -> Path:
 def test_kappa_and_alpha_match_hand_computation(tmp_path):
     result = run_audit(read_table(str(_hand_store(tmp_path))), n_boot=200)
     # Cohen: p_o = 4/5; marginals X 2/5,1/5  Y 2/5,3/5  tie 1/5,1/5 -> p_e = 9/25; kappa = (20-9)/(25-9) = 11/16
-    (pair,) = result["agreement"]["kappa_pairs"]
-    assert pair["annotators"] == ["ann1", "ann2"] and pair["n"] == 5
-    assert pair["kappa"] == pytest.approx(11 / 16)
+    (pair,) = result.agreement.kappa_pairs
+    assert pair.annotators == ("ann1", "ann2") and pair.n == 5
+    assert pair.kappa == pytest.approx(11 / 16)
     # Krippendorff: n = 10 values, n_X = 3, n_Y = 5, n_tie = 2; one disagreeing unit contributes o_XY + o_YX = 2;
     # alpha = 1 - (n - 1) * 2 / (n^2 - sum n_c^2) = 1 - 9 * 2 / (100 - 38) = 44/62
-    assert result["agreement"]["alpha"]["alpha"] == pytest.approx(44 / 62)
-    assert result["agreement"]["alpha"]["units"] == 5
+    assert result.agreement.alpha.alpha == pytest.approx(44 / 62)
+    assert result.agreement.alpha.units == 5
 
 
 def test_alpha_matches_krippendorff_published_example():
@@ -242,7 +242,7 @@ def test_alpha_matches_krippendorff_published_example():
         for u, value in enumerate(row):
             if value is not None:
                 counts[u, value - 1] += 1
-    assert krippendorff_alpha(counts, n_boot=0)["alpha"] == pytest.approx(0.743, abs=5e-4)
+    assert krippendorff_alpha(counts, n_boot=0).alpha == pytest.approx(0.743, abs=5e-4)
 
 
 def test_style_control_discounts_verbosity(tmp_path):
@@ -263,19 +263,19 @@ def test_style_control_discounts_verbosity(tmp_path):
             left=str(rng.choice(["a", "b"])), annotator=f"u{i % 3}", created_at=t0 + timedelta(seconds=i),
         ))  # fmt: skip
     ComparisonStore(tmp_path / "s").write_batch(records)
-    rank = run_audit(read_table(str(tmp_path / "s")), n_boot=100)["ranking"]
-    gap = {k: {r["source"]: r["score"] for r in rank[k]} for k in ("plain", "style")}
+    rank = run_audit(read_table(str(tmp_path / "s")), n_boot=100).ranking
+    gap = {k: {r.source: r.score for r in rows} for k, rows in (("plain", rank.plain), ("style", rank.style))}
     plain_gap = gap["plain"]["verbose"] - gap["plain"]["terse"]
     style_gap = gap["style"]["verbose"] - gap["style"]["terse"]
     assert plain_gap > 50 and abs(style_gap) < plain_gap / 2
-    assert rank["style_coefficients"]["length"]["ci"][0] > 0
+    assert rank.style_coefficients["length"].ci[0] > 0
 
 
 def test_dashboard_seam(tmp_path):
     summary = dashboard_summary(read_table(str(_hand_store(tmp_path))), n_boot=50)
-    json.dumps(summary, allow_nan=False)  # JSON-able as is, for gr.JSON / the report
-    assert summary["summary"]["votes"] == 10 and {r["annotator"] for r in summary["annotators"]} == {"ann1", "ann2"}
-    assert summary["findings"] and all(isinstance(s, str) for s in summary["findings"])
+    json.dumps(summary.to_dict(), allow_nan=False)  # JSON-able, for gr.JSON / the report
+    assert summary.audit.summary.votes == 10 and {r.annotator for r in summary.annotators} == {"ann1", "ann2"}
+    assert summary.findings and all(isinstance(s, str) for s in summary.findings)
     figs = dashboard_figures(summary)
     assert set(figs) == {"position", "length", "annotators", "ranking"}
     assert all(f.axes for f in figs.values())
@@ -309,17 +309,16 @@ def test_length_bias_on_hh_rlhf_equals_direct_count(tmp_path):
     ComparisonStore(tmp_path / "hh").write_batch(records)
     result = run_audit(read_table(str(tmp_path / "hh")), n_boot=50)
     k, n = _direct_p_longer(HH)
-    overall = result["length"]["p_longer"]["overall"]
-    assert (overall["k"], overall["n"]) == (k, n) and n > 900
-    assert overall["rate"] == pytest.approx(k / n)
+    overall = result.length.p_longer.overall
+    assert (overall.k, overall.n) == (k, n) and n > 900
+    assert overall.rate == pytest.approx(k / n)
     # imported pairs were never shown left/right: no position figures, no position term in the regression
-    assert result["position"]["overall"]["n"] == 0
-    assert "position" not in result["length"]["regression"]["overall"]["coefficients"]
+    assert result.position.overall.n == 0
+    assert "position" not in result.length.regression.overall.coefficients
 
 
 def test_empty_and_tiny_stores_give_a_report(tmp_path):
     """The Dashboard calls the audit on a fresh store: no votes, one vote, only skips, one honeypot."""
-    from annotate.audit_report import render_html
 
     def rec(i: int, **kw) -> dict:
         base = dict(prompt_id="p", prompt=[{"role": "user", "content": "q"}], response_a_id="x", response_a="aa",
@@ -337,10 +336,50 @@ def test_empty_and_tiny_stores_give_a_report(tmp_path):
         store = ComparisonStore(tmp_path / name)
         store.write_batch(records)
         summary = dashboard_summary(read_table(str(tmp_path / name)), n_boot=20)
-        json.dumps(summary, allow_nan=False)
-        assert summary["summary"]["votes"] == len(records), name
-        assert "<h1>" in render_html(summary["audit"])
+        json.dumps(summary.to_dict(), allow_nan=False)
+        assert summary.audit.summary.votes == len(records), name
+        assert "<h1>" in render_html(summary.audit)
         assert set(dashboard_figures(summary)) == {"position", "length", "annotators", "ranking"}
-    assert (
-        summary["summary"]["honeypot_votes"] == 1 and summary["audit"]["annotators"]["u"]["honeypot"]["tie_rate"] == 1
-    )
+        # every shape of result survives the JSON round trip; an undefined figure is null in JSON, NaN again after
+        data = summary.audit.to_dict()
+        back = AuditResult.from_dict(json.loads(json.dumps(data, allow_nan=False)))
+        assert back.to_dict() == data and math.isnan(back.agreement.alpha.alpha), name
+    assert summary.audit.summary.honeypot_votes == 1 and summary.audit.annotators["u"].honeypot.tie_rate == 1
+
+
+def test_result_round_trips_through_json(audit, tmp_path):
+    """to_dict -> JSON -> from_dict gives the same result; the JSON is versioned and free of NaN."""
+    data = audit.to_dict()
+    assert data["schema_version"] == SCHEMA_VERSION and "store" not in data
+    text = json.dumps(data, allow_nan=False)
+    back = AuditResult.from_dict(json.loads(text))
+    assert back.to_dict() == data
+    assert back.ranking.plain == audit.ranking.plain and back.flags == audit.flags
+    assert back.annotators["longer"].flags == ("length_bias",) and isinstance(back.agreement.alpha.ci, tuple)
+    assert read_json(write_json(audit, tmp_path / "a.json")).to_dict() == data
+    # a file from before the version field (same keys) still reads; a newer major version is refused
+    legacy = {k: v for k, v in data.items() if k != "schema_version"}
+    assert AuditResult.from_dict(legacy).to_dict() == data
+    with pytest.raises(ValueError, match="schema_version"):
+        AuditResult.from_dict({**data, "schema_version": SCHEMA_VERSION + 1})
+    with pytest.raises(ValueError):
+        AuditResult.from_dict({"schema_version": SCHEMA_VERSION, "summary": {}})
+
+
+def test_one_logistic_solver_batched_matches_single_fits():
+    """newton_logistic solves a batch of weightings at once (the Bradley-Terry bootstrap) with the same answer
+    as one fit per weighting, and fit_logistic (the bias regressions) agrees with it."""
+    rng = np.random.default_rng(0)
+    x = np.column_stack([np.ones(300), rng.normal(size=(300, 2))])
+    y = (rng.random(300) < 1 / (1 + np.exp(-(x @ [0.3, 1.0, -0.5])))).astype(float)
+    w = rng.poisson(1.0, size=(4, 300)).astype(float)
+    batch, ok = newton_logistic(x, y, w, l2=0.01)
+    assert ok.all()
+    for i in range(4):
+        single, conv = newton_logistic(x, y, w[i], l2=0.01)
+        assert conv and np.allclose(batch[i], single, atol=1e-8)
+        assert np.allclose(fit_logistic(x, y, weights=w[i], l2=0.01, with_cov=False)[0], single, atol=1e-8)
+    # separable data without a penalty (no finite MLE): a finite, large slope of the right sign
+    xs = np.column_stack([np.ones(20), np.r_[-np.ones(10), np.ones(10)]])
+    beta, cov = fit_logistic(xs, np.r_[np.zeros(10), np.ones(10)])
+    assert np.isfinite(beta).all() and beta[1] > 3 and cov is not None

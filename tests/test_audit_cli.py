@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from annotate.audit import gold_from_pool, run_audit, to_jsonable
+from annotate.audit import gold_from_pool, run_audit
+from annotate.audit_report import read_json
+from annotate.audit_types import SCHEMA_VERSION
 from annotate.pool import read_pool, write_pool
 from annotate.schema import new_comparison
 from annotate.store import ComparisonStore, read_table
@@ -75,10 +77,12 @@ def test_cli_writes_html_and_json_matching_library(tmp_path):
     assert "Annotators chose the longer response" in proc.stdout
 
     data = json.loads(json_path.read_text())
+    assert data["schema_version"] == SCHEMA_VERSION  # the JSON is versioned and reads back typed
+    assert read_json(json_path).store.version == 1
     # The report names the store version it read, so the audit can be re-run on exactly those votes.
     assert data.pop("store") == {"store": str(store), "version": 1, "rows": 120}
     assert f"store {store}@1: 120 records" in proc.stderr
-    expected = to_jsonable(run_audit(read_table(f"{store}@1"), gold_from_pool(read_pool(pool)), n_boot=200))
+    expected = run_audit(read_table(f"{store}@1"), gold_from_pool(read_pool(pool)), n_boot=200).to_dict()
     _assert_same(data, expected)
     assert data["summary"]["votes"] == 120 and data["summary"]["gold_votes"] == 30
     assert data["annotators"]["ann-a"]["gold"]["n"] == 10

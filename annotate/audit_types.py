@@ -1,0 +1,362 @@
+"""The audit's result as typed, frozen dataclasses, and its versioned JSON form.
+
+`annotate.audit.run_audit` returns an `AuditResult`; the report (annotate.audit_report), the app's Dashboard
+(annotate.session) and the dataset card (rlhf.cards) read its fields. A figure that is undefined (no data) is
+NaN in the dataclasses and null in JSON.
+
+JSON form (what `python -m annotate audit --json` writes): `AuditResult.to_dict()` is plain JSON, one object per
+dataclass with the field names below as keys (tuples become lists, NaN/inf null) plus "schema_version" at the
+top; `AuditResult.from_dict()` reads it back, including files written before the version field existed (they
+are version 1 without the key). Schema versions:
+
+- 1: the first documented form. "store" ({store, version, rows}) is present when the CLI read a store version.
+
+Raise SCHEMA_VERSION when a key is renamed, removed or changes meaning; adding a key with a default does not.
+Conventions for the figures (pairs, labels, honeypots, placements) are in annotate.audit's docstring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+Interval = tuple[float, float]  # a 95% interval (lo, hi); (nan, nan) when undefined
+T = TypeVar("T", bound="Record")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python, tuples -> lists and dataclasses -> dicts, recursively, so that
+    json.dumps(allow_nan=False) accepts the result."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(x) for k, x in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(x) for x in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _decode(tp: Any, data: Any) -> Any:
+    """JSON value -> the annotated type (the inverse of to_jsonable for the types used here)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is float:
+        return math.nan if data is None else float(data)
+    if tp in (int, str, bool, Any):
+        return data
+    if origin in (types.UnionType, typing.Union):  # only `X | None` is used
+        (inner,) = [a for a in args if a is not type(None)]
+        return None if data is None else _decode(inner, data)
+    if origin is dict:
+        return {str(k): _decode(args[1], v) for k, v in data.items()}
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(args[0], x) for x in data)
+        return tuple(_decode(a, x) for a, x in zip(args, data, strict=True))
+    if origin is list:
+        return [_decode(args[0], x) for x in data]
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        known = {f.name for f in dataclasses.fields(tp)}
+        return tp(**{k: _decode(hints[k], v) for k, v in data.items() if k in known})  # unknown keys: newer minor
+    raise TypeError(f"no JSON decoding for {tp!r}")
+
+
+class Record:
+    """JSON conversion shared by every result type."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (NaN -> None)."""
+        return to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        """Inverse of to_dict (None -> NaN for float fields)."""
+        return _decode(cls, data)
+
+
+_frozen = dataclass(frozen=True, kw_only=True)
+
+
+# -- building blocks ------------------------------------------------------------------------------------------------
+@_frozen
+class Proportion(Record):
+    """k successes out of n: rate, Wilson 95% CI and an exact binomial test against `null`."""
+
+    k: int
+    n: int
+    rate: float
+    ci: Interval
+    p_value: float
+    null: float
+
+
+@_frozen
+class Breakdown(Record):
+    """A proportion over all votes and per annotator."""
+
+    overall: Proportion
+    per_annotator: dict[str, Proportion]
+
+
+@_frozen
+class Coefficient(Record):
+    """Wald summary of one logistic-regression term (log-odds scale)."""
+
+    coef: float
+    se: float
+    ci: Interval
+    p_value: float
+    odds_ratio: float
+
+
+@_frozen
+class LogitFit(Record):
+    n: int
+    coefficients: dict[str, Coefficient]
+
+
+# -- sections -------------------------------------------------------------------------------------------------------
+@_frozen
+class Summary(Record):
+    votes: int
+    annotators: int
+    prompts: int
+    pairs: int
+    choices: dict[str, int]
+    honeypot_votes: int
+    repeat_votes: int
+    gold_votes: int
+
+
+@_frozen
+class Settings(Record):
+    n_boot: int
+    seed: int
+    length_unit: str
+    min_n: int
+    alpha_chance: float
+    alpha_bias: float
+
+
+@_frozen
+class KrippendorffAlpha(Record):
+    """Nominal alpha over units judged at least twice; `values` counts the pairable judgments."""
+
+    alpha: float
+    ci: Interval
+    units: int
+    values: int
+
+
+@_frozen
+class Kappa(Record):
+    kappa: float
+    ci: Interval
+    n: int
+    observed_agreement: float
+
+
+@_frozen
+class KappaPair(Record):
+    annotators: tuple[str, str]
+    kappa: float
+    ci: Interval
+    n: int
+    observed_agreement: float
+
+
+@_frozen
+class Agreement(Record):
+    alpha: KrippendorffAlpha
+    kappa_pairs: tuple[KappaPair, ...]
+    mean_kappa: float  # weighted by shared pairs
+    min_shared: int
+
+
+@_frozen
+class Timing(Record):
+    n: int
+    median: float
+    mean: float
+    p10: float
+    p90: float
+
+
+@_frozen
+class MajorityAgreement(Record):
+    """Agreement with the leave-one-out majority of the other annotators, against chance (one-sided test)."""
+
+    k: int
+    n: int
+    rate: float
+    ci: Interval
+    chance: float
+    p_value: float
+
+
+@_frozen
+class HoneypotTies(Record):
+    n: int
+    tie_rate: float
+
+
+@_frozen
+class AnnotatorQuality(Record):
+    votes: int
+    choices: dict[str, int]
+    decision_ms: Timing
+    gold: Proportion  # one-sided: better than a coin on pairs with a known answer?
+    majority: MajorityAgreement
+    honeypot: HoneypotTies
+    flags: tuple[str, ...] = ()
+
+
+@_frozen
+class PositionBias(Record):
+    overall: Proportion  # share of decisive, placed votes won by the left response
+    per_annotator: dict[str, Proportion]
+    honeypots: Proportion
+    flips: Breakdown  # winner changed on a repeat shown with the sides swapped
+
+
+@_frozen
+class LongerShare(Breakdown):
+    equal_length_excluded: int
+
+
+@_frozen
+class Regression(Record):
+    overall: LogitFit | None  # None below the minimum number of votes
+    per_annotator: dict[str, LogitFit]
+
+
+@_frozen
+class MeanLength(Record):
+    chosen: float
+    rejected: float
+
+
+@_frozen
+class LengthBias(Record):
+    unit: str  # "chars" or "words"
+    p_longer: LongerShare
+    regression: Regression
+    sd: dict[str, float]  # the standard deviation each regressor was divided by
+    mean_length: MeanLength
+
+
+@_frozen
+class PreferredVsCorrect(Breakdown):
+    correct_ties: int
+
+
+@_frozen
+class RankRow(Record):
+    source: str
+    score: float  # Elo-like scale, mean 1000
+    ci: Interval
+    comparisons: int
+    rank: int
+
+
+@_frozen
+class Ranking(Record):
+    sources: tuple[str, ...]
+    votes: int
+    plain: tuple[RankRow, ...]  # best first; empty with fewer than two sources
+    style: tuple[RankRow, ...]
+    style_coefficients: dict[str, Coefficient]
+    style_boot: int = 0  # bootstrap draws of the style-controlled fit
+
+
+@_frozen
+class Definitions(Record):
+    hedge_markers: tuple[str, ...]
+    confidence_markers: tuple[str, ...]
+    random_clicker_rule: str
+
+
+@_frozen
+class Flags(Record):
+    per_annotator: dict[str, tuple[str, ...]]
+    random_clickers: tuple[str, ...]
+    rule: str
+
+
+@_frozen
+class StoreRef(Record):
+    """The sealed store version an audit read, so that it can be re-run on exactly those votes."""
+
+    store: str
+    version: int
+    rows: int
+
+
+@_frozen
+class AuditResult(Record):
+    """Everything `run_audit` measures; see the module docstring for the JSON form."""
+
+    summary: Summary
+    settings: Settings
+    agreement: Agreement
+    annotators: dict[str, AnnotatorQuality]
+    position: PositionBias
+    length: LengthBias
+    preferred_vs_correct: PreferredVsCorrect
+    ranking: Ranking
+    definitions: Definitions
+    flags: Flags
+    store: StoreRef | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"schema_version": SCHEMA_VERSION, **to_jsonable(self)}
+        if self.store is None:  # an in-memory audit names no store version
+            del out["store"]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditResult:
+        version = data.get("schema_version", 1)  # files written before the field existed are version 1
+        if version != SCHEMA_VERSION:
+            raise ValueError(
+                f"audit JSON schema_version {version} is not supported (this code reads {SCHEMA_VERSION})"
+            )
+        try:
+            return _decode(cls, {k: v for k, v in data.items() if k != "schema_version"})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"not an audit JSON of schema version {SCHEMA_VERSION}: {e}") from e
+
+
+@_frozen
+class AnnotatorRow(Record):
+    """One line of the Dashboard's annotator table."""
+
+    annotator: str
+    votes: int
+    gold_accuracy: float
+    majority_agreement: float
+    median_decision_s: float
+    left_share: float
+    longer_share: float
+    flags: str
+
+
+@_frozen
+class DashboardSummary(Record):
+    """What the app's Dashboard shows: findings, one row per annotator, and the audit they come from."""
+
+    audit: AuditResult
+    findings: tuple[str, ...]
+    annotators: tuple[AnnotatorRow, ...]

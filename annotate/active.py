@@ -20,14 +20,30 @@ from __future__ import annotations
 import math
 import random
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from annotate.sampler import PairSampler
+from typing import Protocol
 
 Scores = Mapping[tuple[str, str], float]  # (prompt_id, response_id) -> reward
+
+
+class _Candidate(Protocol):
+    @property
+    def response_id(self) -> str: ...
+
+
+class SamplerView(Protocol):
+    """What this strategy reads of annotate.sampler.PairSampler, spelt out here so that this module does not import
+    the sampler (which imports this one for its STRATEGIES table): a one-way dependency."""
+
+    @property
+    def pairs(self) -> Sequence[tuple[str, _Candidate, _Candidate, str | None]]: ...
+
+    def tally(self, i: int) -> dict[str, int]: ...
+
+    def is_open(self, annotator: str, i: int) -> bool: ...
+
+    def voted_pairs(self) -> list[int]: ...
 
 
 def disagreement(tally: Mapping[str, int], prefers: str) -> float:
@@ -42,7 +58,7 @@ def disagreement(tally: Mapping[str, int], prefers: str) -> float:
 
 
 class ActiveStrategy:
-    """A Strategy for PairSampler ranking open pairs by reward-model uncertainty and vote disagreement."""
+    """A PairSampler strategy ranking open pairs by reward-model uncertainty and vote disagreement."""
 
     def __init__(
         self,
@@ -63,7 +79,7 @@ class ActiveStrategy:
         self.version = 0  # bumped by every update_scores(): callers can tell a refresh happened
         self._lock = threading.RLock()
         self._scores = dict(scores)
-        self._bound: PairSampler | None = None  # the sampler the derived arrays below belong to
+        self._bound: SamplerView | None = None  # the sampler the derived arrays below belong to
         self._uncertainty: list[float] = []
         self._prefers: list[str] = []
         self._order: list[int] = []  # pair indices, most uncertain first
@@ -106,7 +122,7 @@ class ActiveStrategy:
         thread.start()
         return thread
 
-    def _prepare(self, sampler: PairSampler, rng: random.Random) -> None:
+    def _prepare(self, sampler: SamplerView, rng: random.Random) -> None:
         missing = [(pid, c.response_id) for pid, a, b, _ in sampler.pairs for c in (a, b)]
         missing = [k for k in missing if k not in self._scores]
         if missing:
@@ -122,13 +138,13 @@ class ActiveStrategy:
         self._bound = sampler
 
     # -- Strategy -------------------------------------------------------------------------------------------
-    def priority(self, sampler: PairSampler, i: int) -> float:
+    def priority(self, sampler: SamplerView, i: int) -> float:
         with self._lock:
             if self._bound is not sampler:
                 self._prepare(sampler, random.Random(0))
             return self._uncertainty[i] + self.disagreement_weight * disagreement(sampler.tally(i), self._prefers[i])
 
-    def choose(self, sampler: PairSampler, annotator: str, rng: random.Random) -> int | None:
+    def choose(self, sampler: SamplerView, annotator: str, rng: random.Random) -> int | None:
         with self._lock:
             if self._bound is not sampler:
                 self._prepare(sampler, rng)

@@ -23,8 +23,9 @@ updated as votes come and go (a pair that closes or reopens adjusts only the ann
 State is rebuilt from the store's records at start-up in one pass, so a restart keeps counts; `apply()` takes
 records written by other app processes on the same store (idempotent by comparison_id; a retraction may come
 before the vote it retracts). All public methods are thread-safe (one RLock; Gradio runs handlers in threads).
-Strategies plug in through STRATEGIES; `active` (annotate.active) needs reward-model scores, so it is passed in
-as an instance.
+Strategies plug in through STRATEGIES and read the sampler only through its public methods (`open_by_load`,
+`seen_pairs`, `is_open`, `tally`, ...); `active` (annotate.active) needs reward-model scores, so it is passed in as an
+instance. The dependency runs one way: this module imports annotate.active, never the reverse.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 import gc
 import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -84,8 +85,8 @@ class UniformStrategy:
     """Any open pair, uniformly: rejection sampling over all buckets, then bucket by unseen count."""
 
     def choose(self, sampler: PairSampler, annotator: str, rng: random.Random) -> int | None:
-        seen = sampler._seen_set(annotator)
-        buckets = [b.items for b in sampler._buckets]
+        seen = sampler.seen_pairs(annotator)
+        buckets = sampler.open_by_load()
         i = pick_weighted(buckets, lambda x: x not in seen, rng)
         if i is not None:
             return i
@@ -104,10 +105,10 @@ class BalancedStrategy:
     """Fewest judgments first: the lowest-load bucket that still has a pair this annotator has not seen."""
 
     def choose(self, sampler: PairSampler, annotator: str, rng: random.Random) -> int | None:
-        seen = sampler._seen_set(annotator)
-        for bucket, n in zip(sampler._buckets, sampler.unseen_per_bucket(annotator)):
+        seen = sampler.seen_pairs(annotator)
+        for bucket, n in zip(sampler.open_by_load(), sampler.unseen_per_bucket(annotator)):
             if n:
-                return pick_unseen(bucket.items, seen, rng)
+                return pick_unseen(bucket, seen, rng)
         return None
 
 
@@ -197,6 +198,17 @@ class PairSampler(Ledger):
         with self._lock:
             seen = self._seen_set(annotator)
             return [i for bucket in self._buckets for i in bucket if i not in seen]
+
+    def open_by_load(self) -> list[Sequence[int]]:
+        """The open pairs by load 0 .. overlap-1 (for strategies). Live views, O(overlap) to get: read them under
+        the sampler's lock (a strategy's choose() runs under it) and never modify them."""
+        with self._lock:
+            return [b.items for b in self._buckets]
+
+    def seen_pairs(self, annotator: str) -> set[int]:
+        """Pairs this annotator has seen (for strategies). A live view, like open_by_load(): read it, never modify."""
+        with self._lock:
+            return self._seen_set(annotator)
 
     def unseen_per_bucket(self, annotator: str) -> list[int]:
         """For each load 0 .. overlap-1: how many open pairs of that load this annotator has not seen (O(overlap))."""

@@ -44,7 +44,7 @@ def _speed(
 ) -> tuple[float, float]:
     """(teacher tokens/s, student tokens/s): greedy generation of exactly max_new_tokens tokens per prompt,
     `batch_size` prompts per call, the two models timed alternately so both see the same machine load."""
-    from rlhf.distill import generate
+    from rlhf.distill_models import generate
 
     kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, batch_size=batch_size)
     toks = {"teacher": tokenizer, "student": student_tokenizer or tokenizer}
@@ -65,7 +65,7 @@ def _speed(
 def _trimmed(trimmed_dir, teacher_model, tokenizer, prompts, teacher_answers, *, student_texts, reward_model,
              teacher_score, max_new_tokens, speed_prompts, speed_batch_size) -> dict[str, Any]:  # fmt: skip
     """The vocabulary-trimmed student measured like the student, plus what trimming cost."""
-    from rlhf.distill import generate
+    from rlhf.distill_models import generate
     from rlhf.models import load_causal_lm, load_tokenizer
 
     info = json.loads((Path(trimmed_dir) / "vocab_trim.json").read_text())
@@ -170,7 +170,7 @@ def build_report(
     """Measure teacher vs student, write distill_report.json + .png into out_dir, return the report."""
     import torch
 
-    from rlhf.distill import divergence, generate
+    from rlhf.distill_models import divergence, generate
     from rlhf.models import load_causal_lm, load_tokenizer, resolve_model
 
     tokenizer = tokenizer or load_tokenizer(teacher)
@@ -299,8 +299,6 @@ def plot_report(report: dict[str, Any], path: str | Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Re-measure a finished distillation run on its held-out teacher answers (teacher_answers.jsonl)."""
-    from rlhf.distill import DistillConfig
-
     p = argparse.ArgumentParser(prog="python -m rlhf.distill_report", description=main.__doc__)
     p.add_argument("--student", required=True, help="the distill run's output dir")
     p.add_argument("--teacher", help="teacher dir (default: the one recorded in the run's config.yaml)")
@@ -310,19 +308,23 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import yaml
 
-    cfg = DistillConfig(**yaml.safe_load((Path(args.student) / "config.yaml").read_text()))
+    # The run's resolved config as a plain mapping: reading it through rlhf.distill.DistillConfig would make this
+    # module import the command that imports it. Keys a run did not record fall back to build_report's defaults.
+    cfg = yaml.safe_load((Path(args.student) / "config.yaml").read_text()) or {}
+    measure = {k: cfg[k] for k in ("max_new_tokens", "speed_prompts", "speed_batch_size") if cfg.get(k) is not None}
+    teacher = args.teacher or cfg.get("teacher") or cfg.get("model")  # DistillConfig: --teacher defaults to --model
+    if not teacher:
+        p.error(f"{args.student}/config.yaml names no teacher: pass --teacher")
     rows = [json.loads(x) for x in (Path(args.student) / "teacher_answers.jsonl").read_text().splitlines()]
     held = [r for r in rows if r["split"] == "eval"]
     trimmed = None
     if args.trim_vocab:
-        from rlhf.distill import trim_student
+        from rlhf.distill_models import trim_student
 
         trimmed = trim_student(args.student, [r for r in rows if r["split"] == "train"], data=args.trim_vocab_data)
     build_report(
-        args.teacher or cfg.teacher, args.student, [r["prompt"] for r in held], [r["answer_ids"] for r in held],
-        out_dir=args.student, reward_model=args.reward_model or cfg.reward_model,
-        max_new_tokens=cfg.max_new_tokens, speed_prompts=cfg.speed_prompts, speed_batch_size=cfg.speed_batch_size,
-        trimmed_dir=trimmed,
+        teacher, args.student, [r["prompt"] for r in held], [r["answer_ids"] for r in held], out_dir=args.student,
+        reward_model=args.reward_model or cfg.get("reward_model"), trimmed_dir=trimmed, **measure,
     )  # fmt: skip
     return 0
 

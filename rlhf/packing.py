@@ -14,6 +14,11 @@ in chunks, with TRL's `ChunkedLogProbFunction`: the prompt, most of each HH sequ
 
 Rows are bounded because SDPA attends over a whole row under a dense block mask: one row for a whole batch would
 cost O(batch tokens^2). With `row_tokens` near the longest sequence the attention overhead stays small.
+
+Whether a model really reads restarting position ids as boundaries is up to its modelling code, so packing is on only
+for the architectures in `PACKING_ARCHITECTURES`, each checked by tests/test_packing.py (packed forward = padded
+forward, log-probs, gradients and rewards). Any other model trains padded, after a one-line notice. The TRL and
+transformers internals this relies on come through rlhf/trl_compat.py.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+# model_type values whose packed forward tests/test_packing.py checks against the padded one (with transformers as
+# pinned): each builds its causal mask with transformers' `create_causal_mask(..., position_ids=...)`.
+PACKING_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3")
+_noticed: set[str] = set()  # architectures already told they train padded (one notice per process)
 
 
 @dataclass
@@ -107,8 +117,26 @@ def _packable(attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> bo
     return bool((lengths == first_zero).all()) and bool((lengths > 0).all())
 
 
-def enable_packed_reward(model, row_tokens: int) -> None:
-    """Make a `*ForSequenceClassification` model score right-padded batches padding-free (same logits)."""
+def packing_supported(model: Any) -> bool:
+    """Whether `model`'s architecture is on the tested allow-list; if not, print (once per architecture) that it
+    trains padded. Not an error: the padded path gives the same results, only slower."""
+    kind = getattr(model.config, "model_type", None) or type(model).__name__
+    if kind in PACKING_ARCHITECTURES:
+        return True
+    if kind not in _noticed:
+        _noticed.add(kind)
+        print(f"[packing] {kind} is not among the architectures packing is tested on "
+              f"({', '.join(PACKING_ARCHITECTURES)}); training padded", flush=True)  # fmt: skip
+    return False
+
+
+def enable_packed_reward(model: Any, row_tokens: int) -> bool:
+    """Make a `*ForSequenceClassification` model score right-padded batches padding-free (same logits).
+    Returns whether it did (False: an architecture off the allow-list, left padded after a notice)."""
+    import rlhf.trl_compat  # noqa: F401  (checks the transformers version whose masking packing relies on)
+
+    if not packing_supported(model):
+        return False
     if not hasattr(model, "score") or not hasattr(model, model.base_model_prefix):
         raise ValueError(f"packing: {type(model).__name__} has no `score` head over a backbone; use --no-packing")
     original = model.forward
@@ -129,98 +157,75 @@ def enable_packed_reward(model, row_tokens: int) -> None:
         return SequenceClassifierOutputWithPast(logits=self.score(hidden[flat]))
 
     model.forward = types.MethodType(forward, model)
+    return True
 
 
-def enable_packed_logprobs(model, row_tokens: int, outputs: tuple[str, ...] = ("log_probs",)) -> None:
+def _check_unscaled_logits(model: Any) -> None:
+    cfg = model.config.get_text_config()
+    scales = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier", "lm_head_multiplier")
+    unusual = [a for a in scales if getattr(cfg, a, None) not in (None, 1.0)]
+    if unusual:  # TRL's head rescales these; rather than re-derive each family's rule, leave such models padded
+        raise ValueError(f"packing: {type(model).__name__} scales its logits ({', '.join(unusual)}); use --no-packing")
+
+
+def enable_packed_logprobs(model: Any, row_tokens: int, outputs: tuple[str, ...] = ("log_probs",)) -> bool:
     """Wrap a causal LM (after TRL's `add_fused_lm_head`) so `model(..., labels=, fused_lm_head=True)` runs packed.
 
     Returns TRL's `FusedCausalLMOutput` in the padded shape [batch, seq-1]: per-token fields are zero where the
     label is -100, exactly as TRL's own fused head leaves them. `outputs` are the optional per-token fields
-    (entropy, mean_logits, is_top1, ...) the trainer's metrics read.
+    (entropy, mean_logits, is_top1, ...) the trainer's metrics read. Returns whether it wrapped the model (False: an
+    architecture off the allow-list, left padded after a notice).
     """
-    from trl.kernels import ChunkedLogProbFunction
-    from trl.trainer.utils import FusedCausalLMOutput
+    from rlhf.trl_compat import FusedCausalLMOutput, chunked_logprobs
 
-    cfg = model.config.get_text_config()
-    unusual = [
-        a
-        for a in (
-            "final_logit_softcapping",
-            "logit_scale",
-            "logits_scaling",
-            "output_multiplier",
-            "lm_head_multiplier",
-        )
-        if getattr(cfg, a, None) not in (None, 1.0)
-    ]
-    if unusual:  # TRL's head rescales these; rather than re-derive each family's rule, leave such models padded
-        raise ValueError(f"packing: {type(model).__name__} scales its logits ({', '.join(unusual)}); use --no-packing")
+    if not packing_supported(model):
+        return False
+    _check_unscaled_logits(model)
     original = model.forward
-    pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    pad_id = model.config.get_text_config().pad_token_id
+    pad_id = 0 if pad_id is None else pad_id
 
     def forward(self, *args, fused_lm_head=False, labels=None, attention_mask=None, **kwargs):
         input_ids = kwargs.pop("input_ids", args[0] if args else None)
         plain = not fused_lm_head or labels is None or input_ids is None or not _packable(attention_mask, kwargs)
         plain = plain or kwargs.get("output_router_logits")  # MoE aux loss needs the model's own path
         if plain:
-            return original(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                labels=labels,
-                fused_lm_head=fused_lm_head,
-                **kwargs,
-            )
+            return original(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                            fused_lm_head=fused_lm_head, **kwargs)  # fmt: skip
         hidden, lay = _backbone_hidden(self, input_ids, attention_mask, row_tokens, pad_id, **kwargs)
         # Next-token targets: the token at t+1 is predicted from the hidden state at t (same shift as TRL's head).
         target = labels[:, 1:]
         mask = target != -100
         src = lay.index[:, :-1][mask]
-        head = self.get_output_embeddings()
-        per_token = ChunkedLogProbFunction.apply(
-            hidden[src], head.weight, head.bias, target[mask], 1.0, 32768, None, 1.0, outputs
-        )
+        per_token = chunked_logprobs(hidden[src], self.get_output_embeddings(), target[mask], outputs)
         # masked_scatter keeps an all-masked batch connected to the graph (a differentiable zero), as TRL does.
         per_token = [None if x is None else x.new_zeros(mask.shape).masked_scatter(mask, x) for x in per_token]
         log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1 = per_token
         loss = -log_probs.sum() / mask.sum().clamp(min=1)
-        return FusedCausalLMOutput(
-            loss=loss,
-            log_probs=log_probs,
-            entropy=entropy,
-            log_sum_sq_probs=log_sum_sq_probs,
-            mean_logits=mean_logits,
-            is_top1=is_top1,
-            label_mask=mask,
-        )
+        return FusedCausalLMOutput(loss=loss, log_probs=log_probs, entropy=entropy, log_sum_sq_probs=log_sum_sq_probs,
+                                   mean_logits=mean_logits, is_top1=is_top1, label_mask=mask)  # fmt: skip
 
     model.forward = types.MethodType(forward, model)
+    return True
 
 
 def packed_dpo_trainer(row_tokens: int) -> type:
     """TRL's DPOTrainer with policy and reference forwards padding-free, including the reference pass that
-    precomputes log-probs (TRL runs it inside `__init__`, hence the hook there)."""
-    from trl import DPOTrainer
+    precomputes log-probs (TRL runs it inside `__init__`; rlhf.trl_compat hooks it). Models off the allow-list
+    train padded."""
+    from rlhf.trl_compat import dpo_trainer_with_hook
 
-    class PackedDPOTrainer(DPOTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._pack()
+    def pack(trainer: Any) -> None:
+        if getattr(trainer, "_packed", False):
+            return
+        # The same per-token fields TRL's own fused head computes for its metrics (and WPO weights).
+        outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
+        if trainer.use_weighting:
+            outputs += ("log_sum_sq_probs",)
+        policy = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+        enable_packed_logprobs(policy, row_tokens, outputs)
+        if trainer.ref_model is not None:
+            enable_packed_logprobs(trainer.accelerator.unwrap_model(trainer.ref_model), row_tokens)
+        trainer._packed = True
 
-        def _precompute_ref_logps(self, *args, **kwargs):
-            self._pack()
-            return super()._precompute_ref_logps(*args, **kwargs)
-
-        def _pack(self) -> None:
-            if getattr(self, "_packed", False):
-                return
-            # The same per-token fields TRL's own fused head computes for its metrics (and WPO weights).
-            outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
-            if self.use_weighting:
-                outputs += ("log_sum_sq_probs",)
-            policy = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-            enable_packed_logprobs(policy, row_tokens, outputs)
-            if self.ref_model is not None:
-                enable_packed_logprobs(self.accelerator.unwrap_model(self.ref_model), row_tokens)
-            self._packed = True
-
-    return PackedDPOTrainer
+    return dpo_trainer_with_hook(pack)

@@ -41,9 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    run = getattr(module, f"main_{argv[0]}", module.main)
-    return int(run(argv[1:]) or 0)
+    try:
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+        run = getattr(module, f"main_{argv[0]}", module.main)
+        return int(run(argv[1:]) or 0)
+    except ImportError as e:
+        # rlhf.trl_compat's CompatError is one line naming the TRL/transformers version to install: print it, not a
+        # traceback. Matched by module, since importing the class here would import TRL for every command.
+        if type(e).__module__ != "rlhf.trl_compat":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

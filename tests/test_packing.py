@@ -8,10 +8,18 @@ import json
 import pytest
 import torch
 
+import rlhf.packing as pk
 from rlhf import train
 from rlhf.data import arithmetic_tokenizer, write_synthetic_export
-from rlhf.models import save_tiny_model, tiny_config
-from rlhf.packing import enable_packed_logprobs, enable_packed_reward, first_fit_decreasing, layout
+from rlhf.models import save_tiny_model
+from rlhf.packing import (
+    PACKING_ARCHITECTURES,
+    enable_packed_logprobs,
+    enable_packed_reward,
+    first_fit_decreasing,
+    layout,
+)
+from rlhf.trl_compat import add_fused_lm_head, find_packed_sequence_indices
 
 FIELDS = ("log_probs", "entropy", "mean_logits", "is_top1")
 
@@ -44,29 +52,52 @@ def test_layout_round_trips_tokens_and_restarts_positions():
         assert (lay.index[i, n:] == -1).all()
         assert torch.equal(lay.position_ids.reshape(-1)[lay.index[i, :n]], torch.arange(n))
     assert lay.input_ids.numel() < ids.numel()  # fewer slots than the padded batch: the point of packing
+    # transformers' reading of the restarts (what the models' masks use): one id per sequence, none shared in a row.
+    seq = find_packed_sequence_indices(lay.position_ids).reshape(-1)
+    ids_of = [set(seq[lay.index[i, :n]].tolist()) for i, n in enumerate(lengths)]
+    assert all(len(s) == 1 for s in ids_of)
+    rows = [int(lay.index[i, 0]) // lay.input_ids.size(1) for i in range(len(lengths))]
+    assert len({(r, *s) for r, s in zip(rows, ids_of)}) == len(lengths)
 
 
-def _tiny(kind: str):
-    """A tiny Llama, causal LM ("lm") or one-output reward model ("rm"), seeded."""
+# Each tiny config differs from the family's defaults only in size; grouped-query attention (2 KV heads) throughout.
+# Mistral gets a sliding window shorter than the longest test sequence, so its windowed mask is packed too.
+ARCH_OVERRIDES: dict[str, dict] = {"mistral": {"sliding_window": 8}}
+
+
+def _config(model_type: str, **overrides):
+    from transformers import AutoConfig
+
+    if model_type == "gpt2":  # an architecture off the allow-list (learned absolute positions)
+        kw = dict(n_embd=64, n_layer=2, n_head=4, n_positions=512)
+    else:
+        kw = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, head_dim=16,
+                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)  # fmt: skip
+        kw.update(ARCH_OVERRIDES.get(model_type, {}))
+    kw = dict(vocab_size=50, pad_token_id=0, bos_token_id=1, eos_token_id=2) | kw | overrides
+    return AutoConfig.for_model(model_type, **kw)
+
+
+def _tiny(kind: str, model_type: str = "llama"):
+    """A tiny model of `model_type`, causal LM ("lm") or one-output reward model ("rm"), seeded."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     torch.manual_seed(0)
     if kind == "lm":
-        return AutoModelForCausalLM.from_config(tiny_config(50, pad_token_id=0))
-    return AutoModelForSequenceClassification.from_config(tiny_config(50, pad_token_id=0, num_labels=1))
+        return AutoModelForCausalLM.from_config(_config(model_type))
+    return AutoModelForSequenceClassification.from_config(_config(model_type, num_labels=1))
 
 
-def test_packed_logprobs_and_gradients_match_the_padded_forward():
-    from trl.trainer.utils import add_fused_lm_head
-
+@pytest.mark.parametrize("model_type", PACKING_ARCHITECTURES)
+def test_packed_logprobs_and_gradients_match_the_padded_forward(model_type):
     ids, mask = right_padded([20, 7, 13, 3, 17, 11])
     labels = ids.masked_fill(mask == 0, -100)
     labels[:, :2] = -100  # a "prompt" the loss ignores
-    padded = _tiny("lm")
+    padded = _tiny("lm", model_type)
     packed = copy.deepcopy(padded)
     add_fused_lm_head(padded, outputs=FIELDS)
     add_fused_lm_head(packed)
-    enable_packed_logprobs(packed, row_tokens=24, outputs=FIELDS)
+    assert enable_packed_logprobs(packed, row_tokens=24, outputs=FIELDS)
     a = padded(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True, use_cache=False)
     b = packed(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True, use_cache=False)
     for name in FIELDS:
@@ -78,17 +109,47 @@ def test_packed_logprobs_and_gradients_match_the_padded_forward():
         torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_packed_reward_logits_match_the_padded_forward():
+@pytest.mark.parametrize("model_type", PACKING_ARCHITECTURES)
+def test_packed_reward_logits_match_the_padded_forward(model_type):
     ids, mask = right_padded([20, 7, 13, 3, 17, 11])
-    padded = _tiny("rm")
+    padded = _tiny("rm", model_type)
     packed = copy.deepcopy(padded)
-    enable_packed_reward(packed, row_tokens=24)
+    assert enable_packed_reward(packed, row_tokens=24)
     torch.testing.assert_close(packed(input_ids=ids, attention_mask=mask).logits,
                                padded(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-5)  # fmt: skip
     # Left padding (as some callers build batches) is not packable: it must fall through to the model's own path.
     left = torch.flip(mask, dims=[1])
     torch.testing.assert_close(packed(input_ids=ids, attention_mask=left).logits,
                                padded(input_ids=ids, attention_mask=left).logits)  # fmt: skip
+
+
+def test_an_unlisted_architecture_stays_padded_after_one_notice(monkeypatch, capsys):
+    monkeypatch.setattr(pk, "_noticed", set())
+    ids, mask = right_padded([20, 7, 13, 3, 17, 11])
+    labels = ids.masked_fill(mask == 0, -100)
+    rm, lm = _tiny("rm", "gpt2"), _tiny("lm", "gpt2")
+    add_fused_lm_head(lm)
+    forwards = (rm.forward, lm.forward)
+    assert not enable_packed_reward(rm, row_tokens=24)
+    assert not enable_packed_logprobs(lm, row_tokens=24)
+    assert (rm.forward, lm.forward) == forwards  # untouched: the model's own padded path
+    notice = capsys.readouterr().out.splitlines()
+    assert len(notice) == 1 and notice[0].startswith("[packing] gpt2 is not among the architectures"), notice
+    assert "training padded" in notice[0]
+    out = lm(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True, use_cache=False)
+    assert (out.log_probs != 0).sum() == (labels[:, 1:] != -100).sum()
+
+
+def test_the_allow_list_guards_a_real_difference(monkeypatch):
+    # GPT-2 does not read restarting position ids as sequence boundaries: forced to pack, it scores differently.
+    # This is what the allow-list keeps away, and it shows the equality tests above can fail.
+    monkeypatch.setattr(pk, "PACKING_ARCHITECTURES", ("gpt2",))
+    ids, mask = right_padded([20, 7, 13, 3, 17, 11])
+    padded = _tiny("rm", "gpt2")
+    packed = copy.deepcopy(padded)
+    assert enable_packed_reward(packed, row_tokens=24)
+    gap = packed(input_ids=ids, attention_mask=mask).logits - padded(input_ids=ids, attention_mask=mask).logits
+    assert gap.abs().max() > 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +182,29 @@ def test_training_follows_the_same_loss_curve_packed_or_padded(inputs, method, l
     # mask or position would be off by far more, from the first step).
     diffs = [abs(a - b) for a, b in zip(curves["true"], curves["false"])]
     assert max(diffs[:10]) < 1e-3 and max(diffs) < 2e-2, diffs
+    assert max(diffs) > 0  # not bit-identical: the packed path really ran (a silent fallback would match exactly)
+
+
+def test_an_unlisted_architecture_trains_padded(inputs, tmp_path, monkeypatch, capsys):
+    """DPO with --packing on a GPT-2: one notice, then exactly the padded run's losses."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(pk, "_noticed", set())
+    _, _, data = inputs
+    tok = arithmetic_tokenizer()
+    torch.manual_seed(0)
+    config = _config("gpt2", vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                     eos_token_id=tok.eos_token_id)  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    curves = {}
+    for flag in ("false", "true"):
+        out = tmp_path / f"dpo-{flag}"
+        argv = ["dpo", "--model", str(tmp_path / "gpt2"), "--data", str(data), "--output-dir", str(out),
+                "--max-steps", "3", "--per-device-train-batch-size", "8", "--learning-rate", "1e-3",
+                "--logging-steps", "1", "--packing", flag, "--pack-row-tokens", "64"]  # fmt: skip
+        assert train.main(argv) == 0
+        curves[flag] = losses(out)
+    notices = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[packing]")]
+    assert len(notices) == 1 and "gpt2" in notices[0], notices  # policy and reference: told once
+    assert len(curves["true"]) == 3 and curves["true"] == curves["false"]

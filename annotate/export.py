@@ -232,18 +232,16 @@ def check_options(*, test_fraction: float, min_agreement: float, seed: int) -> N
 def check_outputs(paths: list[Path]) -> None:
     """Each output must name a file that can be created: not a folder, not under a file, not inside a store (whose
     folder belongs to the store's own files)."""
-    from annotate.store import StoreError, store_containing
+    from annotate.store import StoreError, file_in_the_way, store_containing
 
     for path in paths:
         if path.suffix not in (".parquet", ".jsonl"):
             raise SchemaError(f"{path}: unknown output format (use .parquet or .jsonl)")
         if path.is_dir():
             raise IsADirectoryError(f"{path}: is a folder; --out names the file to write")
-        for parent in path.parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise NotADirectoryError(f"{path}: {parent} is a file, not a folder")
-                break
+        blocker = file_in_the_way(path)
+        if blocker is not None:
+            raise NotADirectoryError(f"{path}: {blocker} is a file, not a folder")
         inside = store_containing(path)
         if inside is not None:
             raise StoreError(f"{path}: inside the store {inside}; write exports outside it")

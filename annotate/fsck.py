@@ -29,13 +29,14 @@ from pathlib import Path
 from annotate.schema import comparisons_table
 from annotate.store import (
     META,
+    Segment,
     _commit,
     _committed,
-    _from_json_line,
     _fsync_dir,
     _load,
     _seg_app_id,
     _store_lock,
+    parse_segment,
     prepare,
     seal_orphans,
     snapshot,
@@ -55,19 +56,9 @@ def _ever_added(root: Path) -> set[str]:
     return out
 
 
-def _segment_state(seg: Path) -> tuple[int | None, int, int | None, bool]:
-    """(records or None if a line is corrupt, torn tail bytes, first corrupt line, held by a live writer)."""
-    data = seg.read_bytes()
-    end = data.rfind(b"\n") + 1
-    records, bad = 0, None
-    for n, line in enumerate(data[:end].split(b"\n")[:-1], start=1):
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict) or "comparison_id" not in rec:
-                raise ValueError
-            records += 1
-        except ValueError:
-            bad = bad or n
+def _segment_state(seg: Path) -> tuple[Segment, bool]:
+    """(the segment parsed as every reader parses it, held by a live writer)."""
+    parsed = parse_segment(seg.read_bytes())
     fd = os.open(seg, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -76,7 +67,7 @@ def _segment_state(seg: Path) -> tuple[int | None, int, int | None, bool]:
         live = True
     finally:
         os.close(fd)
-    return (None if bad else records), len(data) - end, bad, live
+    return parsed, live
 
 
 def check(root: str | os.PathLike) -> dict:
@@ -86,14 +77,15 @@ def check(root: str | os.PathLike) -> dict:
     report: dict[str, list] = {k: [] for k in ("torn", "corrupt", "orphans", "stale", "foreign", "missing", "dups")}
     for seg in sorted(wal_dir(root).glob("seg-*.jsonl")):
         try:
-            n, torn, bad, live = _segment_state(seg)
+            parsed, live = _segment_state(seg)
         except FileNotFoundError:
             continue  # sealed meanwhile
         name = str(seg.relative_to(root))
-        if torn:
-            report["torn"].append({"file": name, "bytes": torn, "live": live})
-        if bad:
-            report["corrupt"].append({"file": name, "line": bad})
+        n = None if parsed.corrupt else len(parsed.records)
+        if parsed.torn:
+            report["torn"].append({"file": name, "bytes": parsed.torn, "live": live})
+        if parsed.corrupt:
+            report["corrupt"].append({"file": name, "line": parsed.corrupt[0][0]})
         if _committed(dt, _seg_app_id(seg.name)):
             report["stale"].append({"file": name})
         elif not live:
@@ -120,17 +112,11 @@ def repair(root: str | os.PathLike) -> list[str]:
     before = check(root)
     for item in before["corrupt"]:
         seg = root / item["file"]
-        _n, _torn, _bad, live = _segment_state(seg)
-        if live:
+        if _segment_state(seg)[1]:
             done.append(f"left {item['file']} alone: its writer is alive")
             continue
         with _store_lock(root, exclusive=True):
-            records = []
-            for line in seg.read_bytes().split(b"\n"):
-                try:
-                    records.append(_from_json_line(line))
-                except (ValueError, KeyError, TypeError):
-                    continue  # corrupt or torn: kept in the quarantined copy
+            records = parse_segment(seg.read_bytes()).records  # corrupt lines and torn tail: in the quarantined copy
             if records and not _committed(_load(root), _seg_app_id(seg.name)):
                 _commit(root, comparisons_table(records), [_seg_app_id(seg.name)])
             quarantine.mkdir(parents=True, exist_ok=True)

@@ -293,15 +293,13 @@ def check_store_dir(store_dir: Path) -> None:
     """Refuse at once (before reading SRC) a --store that is a file or lies under one. A folder that exists but is
     not a store is refused by the store itself when it is opened, still before anything is written (checking that
     here would race with a concurrent import that is creating the store)."""
-    from annotate.store import StoreError
+    from annotate.store import StoreError, file_in_the_way
 
     if store_dir.exists() and not store_dir.is_dir():
         raise StoreError(f"{store_dir}: is a file, not a store folder")
-    for parent in store_dir.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise StoreError(f"{store_dir}: cannot create a store there, {parent} is a file")
-            break
+    blocker = file_in_the_way(store_dir)
+    if blocker is not None:
+        raise StoreError(f"{store_dir}: cannot create a store there, {blocker} is a file")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -49,6 +49,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -183,6 +184,27 @@ def _store_lock(root: Path, exclusive: bool) -> Iterator[None]:
 
 
 # -- segments ------------------------------------------------------------------------------------------------------
+@dataclass
+class Segment:
+    """A write-ahead segment as parsed: its complete records, its corrupt complete lines, its torn tail."""
+
+    records: list[dict]
+    corrupt: list[tuple[int, str]]  # (physical line number, why)
+    torn: int  # bytes after the last newline: a record whose write never finished, never acknowledged
+
+
+def parse_segment(data: bytes) -> Segment:
+    """The one parser of segment bytes, shared by readers, sealing and fsck so they agree on every line."""
+    end = data.rfind(b"\n") + 1
+    records, corrupt = [], []
+    for n, line in enumerate(data[:end].split(b"\n")[:-1], start=1):
+        try:
+            records.append(_from_json_line(line))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+            corrupt.append((n, str(e)))
+    return Segment(records, corrupt, len(data) - end)
+
+
 def read_segment(path: str | os.PathLike, *, strict: bool = False) -> tuple[list[dict], int]:
     """The complete records of a segment and the size of its torn tail in bytes (0 when it ends cleanly).
 
@@ -190,18 +212,13 @@ def read_segment(path: str | os.PathLike, *, strict: bool = False) -> tuple[list
     A corrupt complete line (damage on disk) is skipped with a warning, so one bad line never makes the store
     unreadable; `strict` raises StoreError naming it instead. `fsck --repair` sets such a segment aside.
     """
-    data = Path(path).read_bytes()
-    end = data.rfind(b"\n") + 1
-    records = []
-    for n, line in enumerate(data[:end].split(b"\n")[:-1], start=1):
-        try:
-            records.append(_from_json_line(line))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-            message = f"{path}: line {n}: corrupt record ({e})"
-            if strict:
-                raise StoreError(message) from None
-            _warn(f"{message}; skipped. Run `python -m annotate fsck --store STORE --repair`")
-    return records, len(data) - end
+    seg = parse_segment(Path(path).read_bytes())
+    for n, why in seg.corrupt:
+        message = f"{path}: line {n}: corrupt record ({why})"
+        if strict:
+            raise StoreError(message)
+        _warn(f"{message}; skipped. Run `python -m annotate fsck --store STORE --repair`")
+    return seg.records, seg.torn
 
 
 def _seg_app_id(name: str) -> str:
@@ -281,6 +298,15 @@ def _refuse_foreign(root: Path) -> None:
     if foreign:
         shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
         raise StoreError(f"{root}: not empty and not a store ({shown}); choose a new or empty folder")
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of `path` when it is a file (then nothing can be created at `path`), else None.
+    Export and import ask before they read anything, so the mistake is reported first and costs nothing."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
 
 
 def prepare(root: str | os.PathLike, *, create: bool) -> Path:

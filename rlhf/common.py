@@ -13,9 +13,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from rlhf.config import save_config
+from rlhf.config import config_record, save_config
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -58,6 +58,20 @@ class BaseConfig:
     )
     logging_steps: int = field(default=10, metadata={"help": "log metrics every N steps"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps; 0 = only the final model"})
+    # Filled by parse_config from the recipe and the "TRL options" flags; trl_args applies them last.
+    trl_overrides: dict[str, Any] = field(
+        default_factory=dict, metadata={"cli": False, "help": "fields of the command's TRL config class to set"}
+    )
+
+
+@dataclass
+class ResumeConfig:
+    """Commands that train with a TRL Trainer, whose checkpoints hold model, optimizer, scheduler and RNG state."""
+
+    resume: bool = field(
+        default=False,
+        metadata={"help": "continue from the last checkpoint in --output-dir (the run needs --save-steps N > 0)"},
+    )
 
 
 @dataclass
@@ -90,8 +104,19 @@ def use_cuda(cfg: BaseConfig) -> bool:
     return cfg.device != "cpu" and torch.cuda.is_available()
 
 
-def trl_args(cfg: BaseConfig, trl_config_cls: type, default_lr: float | None = None, **extra: Any):
-    """Build a TRL config from our flags with CPU-safe settings (use_cpu, bf16 only where supported)."""
+# Keys trl_args passes to every TRL config that a class does not declare, each with the reason it is right to leave
+# out. Anything else a class lacks is an error: a field TRL renames must fail loudly, not become a no-op flag.
+NOT_DECLARED = {
+    # RLOO bounds prompt and completion itself (max_completion_length); rloo.py drops prompts over max_length.
+    "RLOOConfig": {"max_length"},
+}
+
+
+def trl_args(cfg: BaseConfig, trl_config_cls: type, default_lr: float | None = None, **extra: Any) -> Any:
+    """Build a TRL config from our flags with CPU-safe settings (use_cpu, bf16 only where supported), then
+    the command's `extra` keys, then the recipe's and flags' TRL overrides (cfg.trl_overrides), which win.
+
+    Raises TypeError for a key the class does not declare, unless NOT_DECLARED lists it for that class."""
     import torch
 
     cuda = use_cuda(cfg)
@@ -122,19 +147,34 @@ def trl_args(cfg: BaseConfig, trl_config_cls: type, default_lr: float | None = N
     if lr is not None:
         kw["learning_rate"] = lr
     kw.update(extra)
-    # Not every TRL config has every common field (RLOOConfig bounds prompt and completion itself, so it has no
-    # max_length): pass only the ones this config declares.
-    import dataclasses
-
+    kw.update(cfg.trl_overrides)
     known = {f.name for f in dataclasses.fields(trl_config_cls)}
-    return trl_config_cls(**{k: v for k, v in kw.items() if k in known})
+    excluded = NOT_DECLARED.get(trl_config_cls.__name__, set())
+    if stale := excluded & known:  # TRL added the field: decide whether ours should reach it now
+        raise TypeError(f"{trl_config_cls.__name__} now declares {sorted(stale)}: update NOT_DECLARED in {__name__}")
+    if unknown := sorted(set(kw) - known - excluded):
+        raise TypeError(f"{trl_config_cls.__name__} has no field {', '.join(unknown)} (TRL {_trl_version()})")
+    return trl_config_cls(**{k: v for k, v in kw.items() if k not in excluded})
+
+
+def _trl_version() -> str:
+    from importlib.metadata import version
+
+    return version("trl")
 
 
 def start_run(cfg: BaseConfig) -> Path:
-    """Create the output directory and record the resolved config before anything can fail halfway."""
-    if not cfg.data:
-        raise SystemExit("error: --data is required (a preference export or a store directory)")
+    """Create the output directory and record the resolved config before anything can fail halfway.
+
+    Under --resume the run continues in place: on the data version the original run pinned, with metrics.jsonl
+    cut back to the checkpoint's step (the resumed run logs the later steps again: one clean curve)."""
     out = Path(cfg.output_dir)
+    resuming = getattr(cfg, "resume", False)
+    if resuming:
+        step = checkpoint_step(resume_checkpoint(cfg))
+        _keep_original_data(cfg, out)
+    elif not cfg.data:
+        raise SystemExit("error: --data is required (a preference export or a store directory)")
     out.mkdir(parents=True, exist_ok=True)
     from annotate.store import pin_version
 
@@ -145,8 +185,79 @@ def start_run(cfg: BaseConfig) -> Path:
             setattr(cfg, name, pin_version(getattr(cfg, name)))
     if is_main_process():
         save_config(cfg, out / "config.yaml")
-        (out / "metrics.jsonl").write_text("")
+        if resuming:
+            _trim_metrics(out / "metrics.jsonl", step)
+        else:
+            (out / "metrics.jsonl").write_text("")
     return out
+
+
+def _usage_error(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def checkpoint_step(path: str | Path) -> int:
+    return int(Path(path).name.rsplit("-", 1)[1])
+
+
+def resume_checkpoint(cfg: BaseConfig) -> str | None:
+    """The checkpoint a --resume run continues from (None without --resume): the last complete `checkpoint-N` in
+    --output-dir. None there is a usage error (exit 2)."""
+    if not getattr(cfg, "resume", False):
+        return None
+    out = Path(cfg.output_dir)
+    # Unlike transformers' get_last_checkpoint, skip a checkpoint the kill cut short: Trainer._save_checkpoint
+    # writes trainer_state.json last, so a folder without it (whole) may lack the optimizer or RNG state.
+    done = [p for p in out.glob("checkpoint-*") if p.name[11:].isdigit() and _whole_json(p / "trainer_state.json")]
+    if not done:
+        _usage_error(f"--resume: no checkpoint in {out} (a run writes them every --save-steps N steps, N > 0)")
+    return str(max(done, key=checkpoint_step))
+
+
+def _whole_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _keep_original_data(cfg: BaseConfig, out: Path) -> None:
+    """A resumed run reads the data the original run pinned (`votes@12`), not the store's newest version: the
+    Trainer's data-order skip assumes the same dataset. Other changed settings are allowed and listed."""
+    import yaml
+
+    from annotate.store import parse_store_spec
+
+    path = out / "config.yaml"
+    if not path.exists():
+        _usage_error(f"--resume: {path} is missing, so the data this run trained on is unknown")
+    original = yaml.safe_load(path.read_text()) or {}
+    for name in ("data", "eval_data"):
+        given, pinned = getattr(cfg, name), original.get(name)
+        same_store = given and pinned and parse_store_spec(given) == (parse_store_spec(pinned)[0], None)
+        if given and given != pinned and not same_store:
+            _usage_error(f"--resume: this run trained with {name} {pinned}, not {given} (leave --{name} out)")
+        setattr(cfg, name, pinned)
+    now = config_record(cfg)
+    changed = [f"{k} {original.get(k)!r} -> {v!r}" for k, v in now.items() if k != "resume" and original.get(k) != v]
+    if is_main_process():
+        print(f"[resume] from {resume_checkpoint(cfg)}" + (f"; changed: {', '.join(changed)}" if changed else ""))
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep the lines logged up to the checkpoint's step: the killed run may have logged later steps, which the
+    resumed run logs again (and any line the kill cut short)."""
+    keep = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record.get("step"), int) and record["step"] <= step and "split" not in record:
+            keep.append(line + "\n")
+    path.write_text("".join(keep))
 
 
 def _clean(value: Any) -> Any:
@@ -189,7 +300,7 @@ def write_model_card(out_dir: str | Path, cfg: BaseConfig, command: str, results
     if not is_main_process():
         return
     rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in results.items())
-    config = "\n".join(f"{k}: {v!r}" for k, v in dataclasses.asdict(cfg).items())
+    config = "\n".join(f"{k}: {v!r}" for k, v in config_record(cfg).items())
     argv = " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("train.py") else f"{command} ..."
     card = f"""---
 library_name: transformers

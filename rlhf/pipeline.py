@@ -82,13 +82,14 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def _config_fields(stage: str) -> set[str]:
-    import dataclasses
     import importlib
 
     module, cls = {"reward": ("rlhf.reward", "RewardArgs"), "dpo": ("rlhf.dpo", "DPOArgs"),
                    "ppo": ("rlhf.ppo", "PPOConfig"), "rloo": ("rlhf.rloo", "RLOOArgs"),
                    "evaluate": ("rlhf.evaluate", "EvalConfig")}[stage]  # fmt: skip
-    return {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+    from rlhf.config import recipe_keys
+
+    return recipe_keys(getattr(importlib.import_module(module), cls))  # with TRL's own fields where a TRL trainer runs
 
 
 def _guess_format(data: str) -> str:

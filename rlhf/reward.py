@@ -13,24 +13,21 @@ for numbers: the chat-templated conversation, read at its last token, batched by
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rlhf.common import (
     BaseConfig,
     PackingConfig,
+    ResumeConfig,
     is_main_process,
     load_data,
     metrics_callback,
     row_tokens,
-    start_run,
     trl_args,
-    write_eval,
-    write_model_card,
 )
-from rlhf.config import parse_config
+from rlhf.skeleton import TrainerRun
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -42,9 +39,10 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class RewardArgs(PackingConfig, BaseConfig):
+class RewardArgs(ResumeConfig, PackingConfig, BaseConfig):
     """Train a reward model on preference pairs (TRL RewardTrainer)."""
 
+    trl_config_class: ClassVar[str] = "trl.RewardConfig"  # its other fields are options too (rlhf/config.py)
     output_dir: str = field(default="runs/reward", metadata={"help": "where the model, config and metrics go"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 = full fine-tuning"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (alpha / r scales the update)"})
@@ -325,7 +323,30 @@ def length_debias_trainer(**kw):
     """
     import torch
     from torch import nn
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
     from trl import RewardTrainer
+
+    class LengthWeightState(TrainerCallback, ExportableState):
+        """w through checkpoints and steps. Being no model weight, it rides in trainer_state.json (written as the
+        checkpoint's last file) and a resumed run restores it when training begins. The Trainer zeroes only the
+        model's gradients after each optimizer step, so w's is zeroed here: otherwise it would add up over all
+        steps (it did before; the length-debiasing figures in BENCHMARKS.md dated before 2026-12-02 had that)."""
+
+        def __init__(self, trainer: LengthDebiasTrainer):
+            self.trainer = trainer
+
+        def state(self) -> dict:
+            return {"args": {}, "attributes": {"length_w": self.trainer.length_w.item()}}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            saved = state.stateful_callbacks.get(type(self).__name__)
+            if saved:  # the checkpoint's value under --resume, the initial one otherwise
+                with torch.no_grad():
+                    self.trainer.length_w.fill_(saved["attributes"]["length_w"])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.trainer.length_w.grad = None  # after the optimizer step, as the Trainer does for the model
 
     class LengthDebiasTrainer(RewardTrainer):
         def __init__(self, *args, length_scale: float, length_lr: float, decorrelation: float, **kwargs):
@@ -333,6 +354,7 @@ def length_debias_trainer(**kw):
             self.length_scale, self.length_lr, self.decorrelation = length_scale, length_lr, decorrelation
             # Not a model parameter, so save_pretrained() writes a plain reward model: dropped at inference.
             self.length_w = nn.Parameter(torch.zeros((), device=next(self.model.parameters()).device))
+            self.add_callback(LengthWeightState(self))
 
         def create_optimizer(self, model=None):
             opt = super().create_optimizer(model)
@@ -448,51 +470,56 @@ def build_trainer(cfg: RewardArgs):
     return trainer, tokenizer, test, info
 
 
+class RewardRun(TrainerRun):
+    """No "before" figures: an untrained head is a random projection, its held-out accuracy says nothing. After
+    training, the held-out pairs are scored once, by the saved model, and every report reuses those scores."""
+
+    command, config_class = "reward", RewardArgs
+
+    def build(self) -> Any:
+        trainer, self.tokenizer, self.test, self.info = build_trainer(self.cfg)
+        return trainer
+
+    def save(self, out: Path) -> None:
+        model = self.trainer.model
+        if self.cfg.lora_r > 0:
+            model = model.merge_and_unload()  # a plain checkpoint that score() and the other commands load directly
+        model.config.pad_token_id = self.tokenizer.pad_token_id  # training may have padded with another token
+        if is_main_process():
+            model.save_pretrained(out)
+            self.tokenizer.save_pretrained(out)
+        self.model = model
+
+    def results(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.cfg
+        scored = heldout_scores(self.model, self.tokenizer, self.test, cfg.score_batch_size)
+        results = report_from_scores(scored)
+        results["length_debias"] = cfg.length_debias
+        if cfg.length_debias == "joint":
+            coef = float(self.trainer.length_w.detach()) / self.trainer.length_scale  # reward per token of length
+            full = report_from_scores(scored, length_coef=coef)
+            results["length_weight_per_token"] = coef
+            results["eval_accuracy_with_length_term"] = full["eval_accuracy"]
+            results["eval_length_spearman_with_length_term"] = full["eval_length_spearman"]
+        return results | {f"train_{k}": v for k, v in self.info["train"].items()}
+
+    def about(self) -> str:
+        return "A reward model (sequence classification, one output) trained on pairwise preferences."
+
+    def summary(self, results: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> str:
+        lines = [f"[reward] held-out accuracy {results['eval_accuracy']:.3f} on {results['eval_pairs']} pairs; "
+                 f"reward~length Spearman {results['eval_length_spearman']}"]  # fmt: skip
+        if self.cfg.length_debias == "joint":
+            lines.append(f"[reward] length term (dropped at inference): {results['length_weight_per_token']:.4g} per "
+                         f"token; with it, held-out reward~length Spearman "
+                         f"{results['eval_length_spearman_with_length_term']}")  # fmt: skip
+        return "\n".join(lines)
+
+
 def run(cfg: RewardArgs) -> dict[str, Any]:
     """Train, save, and evaluate on held-out pairs; returns the held-out results."""
-    out = start_run(cfg)
-    trainer, tokenizer, test, info = build_trainer(cfg)
-    # No "before" report: an untrained head is a random projection, its held-out accuracy says nothing.
-    trainer.train()
-    model = trainer.model
-    if cfg.lora_r > 0:
-        model = model.merge_and_unload()  # a plain checkpoint that score() and the other commands load directly
-    model.config.pad_token_id = tokenizer.pad_token_id  # training may have padded with another token
-    if is_main_process():
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-    scored = heldout_scores(model, tokenizer, test, cfg.score_batch_size)  # once: every report below reuses it
-    results = report_from_scores(scored)
-    results["length_debias"] = cfg.length_debias
-    if cfg.length_debias == "joint":
-        coef = float(trainer.length_w.detach()) / trainer.length_scale  # reward per token of length
-        full = report_from_scores(scored, length_coef=coef)
-        results["length_weight_per_token"] = coef
-        results["eval_accuracy_with_length_term"] = full["eval_accuracy"]
-        results["eval_length_spearman_with_length_term"] = full["eval_length_spearman"]
-    results.update({f"train_{k}": v for k, v in info["train"].items()})
-    write_eval(out, results)
-    write_model_card(
-        out,
-        cfg,
-        "reward",
-        results,
-        "A reward model (sequence classification, one output) trained on pairwise preferences.",
-    )
-    print(
-        f"[reward] held-out accuracy {results['eval_accuracy']:.3f} on {results['eval_pairs']} pairs; "
-        f"reward~length Spearman {results['eval_length_spearman']}"
-    )
-    if cfg.length_debias == "joint":
-        print(
-            f"[reward] length term (dropped at inference): {results['length_weight_per_token']:.4g} per token; with "
-            f"it, held-out reward~length Spearman {results['eval_length_spearman_with_length_term']}"
-        )
-    return results
+    return RewardRun(cfg).run()
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(RewardArgs, argv, prog="python rlhf/train.py reward")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run(cfg)
-    return 0
+    return RewardRun.main(argv)

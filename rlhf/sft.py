@@ -7,18 +7,18 @@ Reports held-out completion loss before and after.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from rlhf.common import BaseConfig, load_data, metrics_callback, start_run, trl_args, write_eval, write_model_card
-from rlhf.config import parse_config
+from rlhf.common import BaseConfig, ResumeConfig, load_data, metrics_callback, trl_args
+from rlhf.skeleton import TrainerRun
 
 
 @dataclass
-class SFTArgs(BaseConfig):
+class SFTArgs(ResumeConfig, BaseConfig):
     """Supervised fine-tuning on the chosen response of each pair (TRL SFTTrainer)."""
 
+    trl_config_class: ClassVar[str] = "trl.SFTConfig"  # its other fields are options too (rlhf/config.py)
     output_dir: str = field(default="runs/sft", metadata={"help": "where the model, config and metrics go"})
     packing: bool = field(default=False, metadata={"help": "pack several examples per sequence (faster on GPU)"})
 
@@ -52,23 +52,33 @@ def build_trainer(cfg: SFTArgs):
     return trainer, info
 
 
+class SFTRun(TrainerRun):
+    """Held-out completion loss before and after (rlhf/skeleton.py runs the rest)."""
+
+    command, config_class = "sft", SFTArgs
+
+    def build(self) -> Any:
+        trainer, self.info = build_trainer(self.cfg)
+        return trainer
+
+    def measure(self) -> dict[str, Any]:
+        return {"eval_loss": self.trainer.evaluate()["eval_loss"]}
+
+    def results(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        results = {"eval_loss": after["eval_loss"], "eval_loss_before": before["eval_loss"],
+                   "eval_pairs": self.info["test"]["pairs"]}  # fmt: skip
+        return results | {f"train_{k}": v for k, v in self.info["train"].items()}
+
+    def about(self) -> str:
+        return "A policy fine-tuned on the chosen responses of preference pairs."
+
+    def summary(self, results: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> str:
+        return f"[sft] held-out completion loss {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}"
+
+
 def run(cfg: SFTArgs) -> dict[str, Any]:
-    out = start_run(cfg)
-    trainer, info = build_trainer(cfg)
-    before = trainer.evaluate()["eval_loss"]
-    trainer.train()
-    after = trainer.evaluate()["eval_loss"]
-    trainer.save_model(str(out))  # rank 0 only, with the weights gathered under ZeRO-3/FSDP
-    results = {"eval_loss": after, "eval_loss_before": before, "eval_pairs": info["test"]["pairs"]}
-    results.update({f"train_{k}": v for k, v in info["train"].items()})
-    write_eval(out, results)
-    write_model_card(out, cfg, "sft", results, "A policy fine-tuned on the chosen responses of preference pairs.")
-    print(f"[sft] held-out completion loss {before:.4f} -> {after:.4f}")
-    return results
+    return SFTRun(cfg).run()
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(SFTArgs, argv, prog="python rlhf/train.py sft")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run(cfg)
-    return 0
+    return SFTRun.main(argv)

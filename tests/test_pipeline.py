@@ -66,6 +66,13 @@ def test_recipe_errors_name_the_key(tmp_path, capsys):
         assert e.value.code == 2 and needle in capsys.readouterr().err
 
 
+def test_recipe_stage_may_set_trl_fields_the_project_never_names(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    stages = {"reward": {"lr_scheduler_type": "cosine"}, "dpo": {"warmup_steps": 0.1, "max_grad_norm": 0.5}}
+    recipe.write_text(yaml.safe_dump({"data": "x", "stages": stages}))
+    assert pipeline.load_recipe(recipe)["stages"]["dpo"]["max_grad_norm"] == 0.5  # accepted, passed on as given
+
+
 def test_shipped_hh_recipe_parses_and_points_at_the_shared_sample():
     recipe = pipeline.load_recipe(ROOT / "recipes" / "hh-smollm2.yaml")
     assert list(recipe["stages"]) == ["reward", "dpo", "ppo", "rloo", "evaluate"]

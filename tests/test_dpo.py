@@ -48,7 +48,12 @@ def test_reference_is_the_frozen_starting_policy(inputs, tmp_path):
 
     root, model, data = inputs
     cfg = DPOArgs(
-        model=model, data=str(data), output_dir=str(tmp_path), max_steps=5, learning_rate=1e-2, beta=1.0,
+        model=model,
+        data=str(data),
+        output_dir=str(tmp_path),
+        max_steps=5,
+        learning_rate=1e-2,
+        beta=1.0,
         precompute_ref_log_probs=False,
     )
     trainer, _ = build_trainer(cfg)

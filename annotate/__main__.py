@@ -1,10 +1,11 @@
 """`python -m annotate COMMAND ...`: each command lives in its own module, imported only when it runs.
 
 A command module exposes `add_arguments(parser)` and `main(args) -> int`; heavy imports stay inside `main`
-so `--help` is instant. Bad input raises SchemaError (naming file, line or row, and field): exit code 2. So does
-every other expected failure (see EXPECTED): a path that is missing, a folder, under a file or not readable, text
-that is not valid Unicode, input nested too deeply. They end as one `error: ...` line, never a traceback; anything
-else is a bug and keeps its traceback.
+so `--help` is instant, and the command list (`python -m annotate --help`) imports no command module at all. Bad
+input raises SchemaError (naming file, line or row, and field) and a mistake on the command line UsageError
+(naming the flag, annotate.errors): exit code 2. So does every other expected failure (see EXPECTED): a path that
+is missing, a folder, under a file or not readable, text that is not valid Unicode, input nested too deeply. They
+end as one `error: ...` line, never a traceback; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import argparse
 import importlib
 import sys
 
+from annotate.errors import UsageError
 from annotate.schema import SchemaError
 
 # Failures that bad input or a bad path can cause (their messages name the path): exit 2, one line, no traceback.
 EXPECTED = (
     SchemaError,  # includes annotate.store.StoreError
+    UsageError,
     FileNotFoundError,
     FileExistsError,
     IsADirectoryError,
@@ -37,7 +40,7 @@ COMMANDS = {
     "add-user": ("annotate.users", "add or update an annotator in a users file"),
     "remove-user": ("annotate.users", "remove an annotator from a users file (ends their sessions)"),
     "audit": ("annotate.audit_cli", "agreement, position and length bias report"),
-    "push": ("rlhf.hub", "publish a store to the Hugging Face Hub as a dataset"),
+    "push": ("annotate.hub", "publish a store to the Hugging Face Hub as a dataset"),
 }
 
 
@@ -50,30 +53,28 @@ def _entry_points(mod, name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command list, for `--help` and a missing or unknown command. It imports no command module: `generate`
+    lives in rlhf/ (it needs the training stack), and the list must not load it."""
     parser = argparse.ArgumentParser(prog="python -m annotate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        mod = importlib.import_module(module)
-        add, run = _entry_points(mod, name)
-        add(p)
-        p.set_defaults(_run=run)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        parser = build_parser()
+        parser.parse_args(argv)  # --help prints the command list; a missing or unknown command exits 2
+        parser.error("the command must come first")
     # Build only the requested command's parser, so one unfinished module cannot break the others.
-    if argv and argv[0] in COMMANDS:
-        name = argv[0]
-        module, help_text = COMMANDS[name]
-        p = argparse.ArgumentParser(prog=f"python -m annotate {name}", description=help_text)
-        add, run = _entry_points(importlib.import_module(module), name)
-        add(p)
-        args = p.parse_args(argv[1:])
-    else:
-        args = build_parser().parse_args(argv)
-        run = args._run
+    name = argv[0]
+    module, help_text = COMMANDS[name]
+    p = argparse.ArgumentParser(prog=f"python -m annotate {name}", description=help_text)
+    add, run = _entry_points(importlib.import_module(module), name)
+    add(p)
+    args = p.parse_args(argv[1:])
     try:
         return int(run(args) or 0)
     except EXPECTED as e:

@@ -3,7 +3,7 @@ preferred-vs-correct, and a Bradley-Terry ranking of the candidate sources.
 
 Everything here is a pure function of the comparisons (the store's standing votes, annotate.store.standing_mask),
 returned as a typed `annotate.audit_types.AuditResult`, so the CLI (annotate.audit_cli), the HTML/JSON report
-and the app's Dashboard tab (annotate.audit_report) and the dataset card (rlhf.cards) all show the same numbers.
+and the app's Dashboard tab (annotate.audit_report) and the dataset card (annotate.cards) all show the same numbers.
 Module layers: audit_types <- audit_stats/features <- audit_agreement/bias/rank <- audit <- audit_report <- audit_cli.
 
 Conventions:

@@ -50,11 +50,12 @@ def main(args: argparse.Namespace) -> int:
     from annotate.audit import run_audit
     from annotate.audit_report import findings, write_html, write_json
     from annotate.audit_types import StoreRef
+    from annotate.errors import UsageError
     from annotate.schema import SchemaError
     from annotate.store import snapshot
 
     if args.n_boot < 0:
-        raise SchemaError(f"--n-boot: must be >= 0, got {args.n_boot}")
+        raise UsageError(f"--n-boot: must be >= 0, got {args.n_boot}")
     table, info = snapshot(str(args.store))  # a sealed version: the audit can be re-run on exactly these votes
     print(f"store {info['store']}@{info['version']}: {info['rows']} records", file=sys.stderr)
     if info["unsealed"]:

@@ -1,7 +1,7 @@
 """The audit's result as typed, frozen dataclasses, and its versioned JSON form.
 
 `annotate.audit.run_audit` returns an `AuditResult`; the report (annotate.audit_report), the app's Dashboard
-(annotate.session) and the dataset card (rlhf.cards) read its fields. A figure that is undefined (no data) is
+(annotate.session) and the dataset card (annotate.cards) read its fields. A figure that is undefined (no data) is
 NaN in the dataclasses and null in JSON.
 
 JSON form (what `python -m annotate audit --json` writes): `AuditResult.to_dict()` is plain JSON, one object per
@@ -24,28 +24,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
+from annotate.jsonutil import to_jsonable  # the project's one JSON cleaner
 
 SCHEMA_VERSION = 1
 
 Interval = tuple[float, float]  # a 95% interval (lo, hi); (nan, nan) when undefined
 T = TypeVar("T", bound="Record")
-
-
-def to_jsonable(obj: Any) -> Any:
-    """NaN/inf -> None, numpy scalars -> Python, tuples -> lists and dataclasses -> dicts, recursively, so that
-    json.dumps(allow_nan=False) accepts the result."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(x) for k, x in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(x) for x in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _decode(tp: Any, data: Any) -> Any:

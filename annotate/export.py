@@ -34,7 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from annotate.schema import MESSAGES, PAIR_FLAGS, SchemaError
+from annotate.errors import UsageError
+from annotate.schema import MESSAGES, PAIR_FLAGS
 
 
 def _one_message(text: pa.Array) -> pa.Array:
@@ -188,7 +189,7 @@ def write_tables(outputs: list[tuple[pa.Table, Path]]) -> list[Path]:
     written to a temporary name in its own folder and fsync'd; only when all are complete are they renamed."""
     for _, path in outputs:
         if path.suffix not in (".parquet", ".jsonl"):
-            raise SchemaError(f"{path}: unknown output format (use .parquet or .jsonl)")
+            raise UsageError(f"{path}: unknown output format (use .parquet or .jsonl)")
     temps: list[Path] = []
     try:
         for table, path in outputs:
@@ -222,11 +223,11 @@ def write_table(table: pa.Table, path: Path) -> Path:
 def check_options(*, test_fraction: float, min_agreement: float, seed: int) -> None:
     """Refuse option values that cannot mean anything (NaN included), naming the command-line flag."""
     if not 0.0 <= test_fraction < 1.0:
-        raise SchemaError(f"--test-fraction: must be in [0, 1), got {test_fraction}")
+        raise UsageError(f"--test-fraction: must be in [0, 1), got {test_fraction}")
     if not 0.0 <= min_agreement <= 1.0:  # also false for NaN
-        raise SchemaError(f"--min-agreement: must be in [0, 1], got {min_agreement}")
+        raise UsageError(f"--min-agreement: must be in [0, 1], got {min_agreement}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SchemaError(f"--seed: must be a non-negative integer, got {seed}")
+        raise UsageError(f"--seed: must be a non-negative integer, got {seed}")
 
 
 def check_outputs(paths: list[Path]) -> None:
@@ -236,7 +237,7 @@ def check_outputs(paths: list[Path]) -> None:
 
     for path in paths:
         if path.suffix not in (".parquet", ".jsonl"):
-            raise SchemaError(f"{path}: unknown output format (use .parquet or .jsonl)")
+            raise UsageError(f"{path}: unknown output format (use .parquet or .jsonl)")
         if path.is_dir():
             raise IsADirectoryError(f"{path}: is a folder; --out names the file to write")
         blocker = file_in_the_way(path)

@@ -5,7 +5,8 @@
         Records whose two dialogues do not share that prompt (a few exist in the real data) are skipped with a
         warning naming their lines; `--strict` makes them errors.
 - trl:  TRL preference data (prompt/chosen/rejected, plain strings or conversational; or the implicit-prompt form
-        with chosen/rejected as whole conversations) from JSONL(.gz), Parquet or a `datasets.save_to_disk` folder.
+        with chosen/rejected as whole conversations; read by annotate.trl_rows) from JSONL(.gz), Parquet or a
+        `datasets.save_to_disk` folder.
 - pool: a candidate pool (JSONL, CSV or Parquet, see annotate.pool) is validated and copied as Parquet into
         the store's pool folder (annotate.store.pool_dir) as pool-<content hash>.parquet; the audit reads gold
         pairs from there.
@@ -37,16 +38,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from annotate.pool import iter_jsonl, iter_parquet, read_pool
-from annotate.schema import (
-    SchemaError,
-    as_messages,
-    check_messages,
-    comparison_id_for,
-    content_key,
-    new_comparison,
-    prompt_id_for,
-)
+from annotate.errors import require_extra
+from annotate.pool import read_pool
+from annotate.readers import is_jsonl, iter_jsonl, iter_parquet
+from annotate.schema import SchemaError, comparison_id_for, content_key, new_comparison, prompt_id_for
+from annotate.trl_rows import check_distinct, split_trl
 
 ASSISTANT = "\n\nAssistant:"
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -92,14 +88,8 @@ def split_hh(row: dict) -> tuple[list[dict[str, str]], str, str] | None:
         if not m["content"]:
             raise SchemaError(f"field 'chosen': prompt turn {i + 1} ({m['role']}) is empty")
     chosen, rejected = row["chosen"][ic + len(ASSISTANT) :].strip(), row["rejected"][ir + len(ASSISTANT) :].strip()
-    _check_distinct(chosen, rejected)
+    check_distinct(chosen, rejected)
     return prompt, chosen, rejected
-
-
-def _check_distinct(chosen: str, rejected: str) -> None:
-    # Both replies would get one response id: a response compared with itself says nothing about preference.
-    if chosen == rejected:
-        raise SchemaError("field 'rejected': identical to 'chosen' (a response compared with itself)")
 
 
 def read_hh(path: Path, *, strict: bool = False) -> tuple[list[tuple[str, list, str, str]], list[int]]:
@@ -124,8 +114,7 @@ def read_hh(path: Path, *, strict: bool = False) -> tuple[list[tuple[str, list, 
 # -- TRL preference data ---------------------------------------------------------------------------------------
 def _trl_rows(path: Path) -> Iterator[tuple[str, dict]]:
     if path.is_dir():
-        import datasets
-
+        datasets = require_extra("datasets", f"{path}: reading a `datasets.save_to_disk` folder")
         try:
             ds = datasets.load_from_disk(str(path))
         except (FileNotFoundError, ValueError) as e:
@@ -137,47 +126,11 @@ def _trl_rows(path: Path) -> Iterator[tuple[str, dict]]:
     elif path.suffix == ".parquet":
         for n, row in iter_parquet(path):
             yield f"row {n}", row
-    elif path.suffix == ".jsonl" or "".join(path.suffixes[-2:]) == ".jsonl.gz":
+    elif is_jsonl(path):
         for n, row in iter_jsonl(path):
             yield f"line {n}", row
     else:
         raise SchemaError(f"{path}: unknown format (use .jsonl, .jsonl.gz, .parquet or a saved datasets folder)")
-
-
-def _as_reply(value: object, field: str, prompt: list[dict[str, str]] | None) -> tuple[list | None, str]:
-    """A chosen/rejected value -> (its implied prompt prefix or None, the assistant reply text)."""
-    if isinstance(value, str):
-        return None, value  # empty replies are legitimate (bad) candidates
-    if not isinstance(value, list) or not value:
-        raise SchemaError(f"field '{field}': expected a string or a list of messages, got {type(value).__name__}")
-    if prompt is not None and len(value) > len(prompt) and value[: len(prompt)] == prompt:
-        value = value[len(prompt) :]  # conversational rows sometimes repeat the prompt in chosen/rejected
-    last = value[-1]
-    if not isinstance(last, dict) or last.get("role") != "assistant" or not isinstance(last.get("content"), str):
-        raise SchemaError(f"field '{field}': the last message must be an assistant message with text content")
-    prefix = check_messages(value[:-1], field) if len(value) > 1 else None
-    return prefix, last["content"]
-
-
-def split_trl(row: dict) -> tuple[list[dict[str, str]], str, str]:
-    for f in ("chosen", "rejected"):
-        if f not in row or row[f] is None:
-            raise SchemaError(f"field '{f}': missing")
-    prompt = row.get("prompt")
-    if prompt is not None:
-        if not isinstance(prompt, str | list):
-            raise SchemaError(f"field 'prompt': expected a string or a list of messages, got {type(prompt).__name__}")
-        prompt = as_messages(prompt)
-    pre_c, chosen = _as_reply(row["chosen"], "chosen", prompt)
-    pre_r, rejected = _as_reply(row["rejected"], "rejected", prompt)
-    if prompt is None:  # implicit prompt: the shared conversation before the two replies
-        if pre_c is None or pre_c != pre_r:
-            raise SchemaError("field 'prompt': missing, and chosen/rejected do not share a conversation prefix")
-        prompt = pre_c
-    elif pre_c is not None or pre_r is not None:
-        raise SchemaError("field 'chosen': has several messages that are not the prompt")
-    _check_distinct(chosen, rejected)
-    return prompt, chosen, rejected
 
 
 def read_trl(path: Path) -> list[tuple[str, list, str, str]]:

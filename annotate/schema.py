@@ -1,7 +1,10 @@
 """The one place where the project's record layouts are defined (candidate pool and comparison).
 
-Both are Arrow schemas carrying a version, so Parquet written by any release can be read and checked.
-Every reader and writer in the project goes through here: validation errors name the field.
+Both are Arrow schemas carrying a version, so Parquet written by any release can be read and checked. Records are
+checked here on their way into the project's own files: every comparison the store appends (check_comparison, via
+new_comparison and the store) and every pool row read (annotate.pool, check_pool_row); validation errors name the
+field. Files of other layouts are checked by their own readers, with the same SchemaError: TRL preference exports
+and HH-RLHF dialogues (annotate.importers, rlhf.data), users files (annotate.users).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The annotation screen in Gradio. It translates events and nothing more: logic lives in annotate.session.
 
-`build_app(config, store, sampler)` returns a gr.Blocks. Per-tab state is a SessionState in gr.State; every
-handler returns a {component: gr.update(...)} dict. The events `next_pair`, `vote`, `flag`, `undo` and `reopen`
-carry api_names, so gradio_client annotates through the same code path (and the same login) as the browser.
-Everything shown that came from a pool, a store or a user is HTML made by annotate.render (gr.HTML, never
-gr.Markdown, whose client-side renderer is a second, different path).
+`build_app(config, store, sampler)` returns a gr.Blocks, made in three parts: the layout (a Screen of named
+components), the handlers (Handlers: one method per event, each one plain call) and the wiring (_wire). Per-tab
+state is a SessionState in gr.State; every handler returns a {component: gr.update(...)} dict. The events
+`next_pair`, `vote`, `flag`, `undo` and `reopen` carry api_names, so gradio_client annotates through the same code
+path (and the same login) as the browser. Everything shown that came from a pool, a store or a user is HTML made by
+annotate.render (gr.HTML, never gr.Markdown, whose client-side renderer is a second, different path).
 """
 
 from __future__ import annotations
@@ -136,15 +137,107 @@ def make_service(config: AppConfig, store: ComparisonStore, sampler: PairSampler
     return AnnotationService(store, sampler, max_rationale=config.max_rationale, replicas=config.replicas)
 
 
-def build_app(
-    config: AppConfig, store: ComparisonStore, sampler: PairSampler, service: AnnotationService | None = None
-) -> gr.Blocks:
-    """The screen. Pass `service` to share it with another door (annotate.api); one is made otherwise."""
-    service = service or make_service(config, store, sampler)
+class Screen:
+    """The screen's components by name: what the layout builds, the handlers update and the events bind."""
 
-    def who(name: str | None, st: SessionState, request: gr.Request | None) -> str:
-        """With login, the name is the logged-in user's and nothing the client sends can change it."""
+
+def _header(sc: Screen, config: AppConfig) -> None:
+    gr.HTML(f"<h2>{render_inline(config.title)}</h2>")
+    with gr.Row(equal_height=True):
+        sc.progress = gr.HTML(elem_id="progress")
+        sc.name = gr.Textbox(
+            value="", label="Your name (optional)", scale=0, min_width=180, visible=config.auth is None,
+            elem_id="annotator", max_length=64,
+        )  # fmt: skip
         if config.auth is not None:
+            gr.HTML('<a href="/logout" id="logout">Log out</a>', elem_id="logout-box")
+    sc.message = gr.HTML(elem_id="message")
+
+
+def _pair_and_votes(sc: Screen, config: AppConfig) -> None:
+    """The pair, the vote buttons and the optional details (strength, per-criterion picks, rationale)."""
+    with gr.Accordion("Guidelines", open=False, elem_id="guidelines-panel"):
+        gr.HTML(render_markdown(config.guidelines))
+    sc.prompt = gr.HTML(elem_classes="prompt", elem_id="prompt")
+    with gr.Row(equal_height=False):
+        sc.left = gr.HTML(elem_id="response-a")
+        sc.right = gr.HTML(elem_id="response-b")
+    sc.strength = gr.Radio(
+        [s for s, _ in STRENGTH_KEYS], value="clear", elem_id="strength",
+        label="How much better?  [q] slight · [w] clear · [e] much (set before voting A or B)",
+    )  # fmt: skip
+    with gr.Row(elem_id="vote-row"):
+        sc.buttons = {c: gr.Button(f"{label}  [{key}]", elem_id=f"vote-{c}", variant="secondary")
+                      for c, label, key in BUTTONS}  # fmt: skip
+    with gr.Accordion("Details (optional): per-criterion picks and rationale", open=True):
+        with gr.Row():
+            sc.crit = [gr.Radio(PICKS, value="-", label=f"More {c}  [{CRITERION_KEYS[c]}]", elem_id=f"crit-{c}")
+                       for c in CRITERIA]  # fmt: skip
+        sc.rationale = gr.Textbox(
+            value="", label=f"Rationale (up to {config.max_rationale:,} characters)", lines=2,
+            placeholder="Why? (optional; Esc to leave the box)", max_length=config.max_rationale, elem_id="rationale",
+        )  # fmt: skip
+
+
+def _flags_history_and_hidden(sc: Screen) -> None:
+    """Flags, undo, the history of recent votes, and the hidden fields API callers fill."""
+    with gr.Row():
+        sc.flags = {f: gr.Button(f"Flag: {label}  [{key}]", elem_id=f"flag-{f}", size="sm")
+                    for f, label, key in FLAG_BUTTONS}  # fmt: skip
+        sc.undo = gr.Button("Undo last  [u]", elem_id="undo", size="sm")
+    with gr.Accordion("History: your recent votes (change one: [h] select, [r] change)", open=True):
+        sc.history = gr.HTML(elem_id="history")
+        sc.history_pick = gr.Textbox(visible=False)  # the selected entry's id (API callers send it)
+        sc.reopen = gr.Button("Change the selected vote  [r]", elem_id="history-open", size="sm")
+    gr.HTML(KEY_HINT, elem_id="key-hint")
+    sc.token = gr.Textbox(value="", visible=False)  # guards against votes from a stale page
+    sc.choice = gr.Textbox(visible=False)  # API callers send the choice here
+    sc.flag_reason = gr.Textbox(visible=False)  # ... and the flag reason here
+
+
+def _admin_tabs(sc: Screen) -> None:
+    """Export and Dashboard, hidden until on_admin_load shows them to an admin."""
+    with gr.Tab("Export", visible=False) as sc.export_tab:
+        gr.HTML("<p>A raw snapshot of every record (retractions included), as a private link that works "
+                "once, for you, for 10 minutes. For training data use <code>python -m annotate export "
+                "--store DIR --out prefs.parquet</code>.</p>")  # fmt: skip
+        sc.export_btn = gr.Button("Write snapshot")
+        sc.export_link = gr.HTML(elem_id="export-link")
+    with gr.Tab("Dashboard", visible=False) as sc.dash_tab:
+        sc.refresh = gr.Button("Refresh")
+        sc.findings = gr.HTML(elem_id="findings")
+        sc.by_annotator = gr.HTML(elem_id="annotators")
+        with gr.Row():
+            sc.plots = {k: gr.Plot(label=k.capitalize()) for k in ("position", "length")}
+        with gr.Row():
+            sc.plots.update({k: gr.Plot(label=k.capitalize()) for k in ("annotators", "ranking")})
+
+
+def _layout(config: AppConfig) -> Screen:
+    sc = Screen()
+    sc.state = gr.State(None)  # a SessionState, made on the first event of each tab
+    _header(sc, config)
+    with gr.Tabs():
+        with gr.Tab("Annotate"):
+            _pair_and_votes(sc, config)
+            _flags_history_and_hidden(sc)
+        with gr.Tab("Guidelines"):
+            gr.HTML(render_markdown(config.guidelines))
+        _admin_tabs(sc)
+    return sc
+
+
+class Handlers:
+    """One method per event: each turns the event into one plain call (AnnotationService, dashboard_view, the export
+    publisher) and its result into component updates, and nothing more."""
+
+    def __init__(self, config: AppConfig, store: ComparisonStore, sampler: PairSampler, service: AnnotationService,
+                 sc: Screen) -> None:  # fmt: skip
+        self.config, self.store, self.sampler, self.service, self.sc = config, store, sampler, service, sc
+
+    def who(self, name: str | None, st: SessionState, request: gr.Request | None) -> str:
+        """With login, the name is the logged-in user's and nothing the client sends can change it."""
+        if self.config.auth is not None:
             user = getattr(request, "username", None)
             if not user:
                 raise gr.Error("not logged in")
@@ -157,165 +250,111 @@ def build_app(
         except VoteError as e:
             raise gr.Error(f"Your name: {e}") from None
 
-    def is_admin(request: gr.Request | None) -> bool:
-        if config.auth is None:
-            return config.admin_without_login
-        return config.auth.is_admin(getattr(request, "username", None))
+    def is_admin(self, request: gr.Request | None) -> bool:
+        if self.config.auth is None:
+            return self.config.admin_without_login
+        return self.config.auth.is_admin(getattr(request, "username", None))
 
+    def render(self, view: View, st: SessionState) -> dict:
+        # Every output must be set: Gradio turns an omitted one into an empty update that rebuilds the component per
+        # session, the main server cost under load. Resets of the optional fields happen in the browser instead
+        # (RESET_JS), so a vote sends only what changes with the pair.
+        sc = self.sc
+        return {sc.prompt: view.prompt, sc.left: view.left, sc.right: view.right, sc.progress: view.progress,
+                sc.message: view.message, sc.token: view.token, sc.history: view.history, sc.state: st}  # fmt: skip
+
+    def act(self, fn: Callable, st: SessionState | None, *args) -> dict:
+        """Run one service action; refusals become a visible error and store nothing."""
+        st = st or SessionState()
+        try:
+            return self.render(fn(st, *args), st)
+        except VoteError as e:
+            raise gr.Error(str(e)) from None
+
+    def on_next(self, name: str, st: SessionState | None, request: gr.Request) -> dict:
+        st = st or SessionState()
+        return self.act(self.service.next_pair, st, self.who(name, st, request))
+
+    def on_rename(self, name: str, st: SessionState | None, request: gr.Request) -> dict:
+        st = SessionState()  # a new name is a new session: a session never changes hands
+        return self.act(self.service.next_pair, st, self.who(name, st, request))
+
+    def on_vote(
+        self, choice: str, strength: str | None, correct: str | None, helpful: str | None, harmless: str | None,
+        concise: str | None, rationale: str, token: str, name: str, st: SessionState | None, request: gr.Request,
+    ) -> dict:  # fmt: skip
+        st = st or SessionState()
+        picks = dict(zip(CRITERIA, (correct, helpful, harmless, concise)))
+        # store.append has returned when this does: the vote is durable
+        return self.act(self.service.vote, st, self.who(name, st, request), choice, strength, picks, rationale, token)
+
+    def on_flag(self, reason: str, token: str, name: str, st: SessionState | None, request: gr.Request) -> dict:
+        st = st or SessionState()
+        return self.act(self.service.flag, st, self.who(name, st, request), reason, token)
+
+    def on_undo(self, name: str, st: SessionState | None, request: gr.Request) -> dict:
+        st = st or SessionState()
+        return self.act(self.service.undo, st, self.who(name, st, request))
+
+    def on_reopen(self, comparison_id: str | None, name: str, st: SessionState | None, request: gr.Request) -> dict:
+        st = st or SessionState()
+        if not comparison_id:
+            raise gr.Error("select a vote in History first ([h])")
+        return self.act(self.service.reopen, st, self.who(name, st, request), comparison_id)
+
+    def on_admin_load(self, request: gr.Request) -> dict:
+        admin = self.is_admin(request)
+        return {self.sc.export_tab: gr.update(visible=admin), self.sc.dash_tab: gr.update(visible=admin)}
+
+    def on_export(self, request: gr.Request) -> dict:
+        if not self.is_admin(request):
+            raise gr.Error("only admins can export")
+        if self.config.publish_export is None:
+            raise gr.Error("exports are not available in this server")
+        url = self.config.publish_export(getattr(request, "username", None) or "", self.store.read())
+        return {self.sc.export_link: f'<a href="{render_inline(url)}" download id="export-download">Download the '
+                                     "snapshot (Parquet; works once, for 10 minutes)</a>"}  # fmt: skip
+
+    def on_dashboard(self, request: gr.Request) -> dict:
+        if not self.is_admin(request):
+            raise gr.Error("only admins can see the dashboard")
+        view = dashboard_view(self.store, self.sampler.gold)
+        upd = {self.sc.findings: view["findings"], self.sc.by_annotator: view["annotators"]}
+        upd.update({self.sc.plots[k]: fig for k, fig in view["figures"].items() if k in self.sc.plots})
+        return upd
+
+
+def _wire(app: gr.Blocks, sc: Screen, h: Handlers, demo: bool) -> None:
+    """Bind the events. `next_pair`, `vote`, `flag`, `undo` and `reopen` carry api_names (gradio_client's door)."""
+    vote_inputs = [sc.strength, *sc.crit, sc.rationale, sc.token, sc.name, sc.state]  # after the choice (on_vote)
+    out = [sc.prompt, sc.left, sc.right, sc.progress, sc.message, sc.token, sc.history, sc.state]
+    app.load(h.on_next, [sc.name, sc.state], out, api_name="next_pair", js=ANON_JS if demo else None)
+    app.load(h.on_admin_load, None, [sc.export_tab, sc.dash_tab], api_visibility="private")
+    app.load(None, js=SHORTCUTS_JS)
+    sc.name.submit(h.on_rename, [sc.name, sc.state], out, api_visibility="private", js=REMEMBER_NAME_JS)
+    # One handler for every button: the browser buttons bind the choice, API callers pass it.
+    optional = [sc.strength, sc.rationale, *sc.crit]
+    for c, btn in sc.buttons.items():
+        voted = btn.click(h.on_vote, [gr.State(c), *vote_inputs], out, api_visibility="private")
+        voted.success(None, None, optional, js=RESET_JS)  # runs in the browser only
+    gr.Button(visible=False).click(h.on_vote, [sc.choice, *vote_inputs], out, api_name="vote")
+    for f, btn in sc.flags.items():
+        btn.click(h.on_flag, [gr.State(f), sc.token, sc.name, sc.state], out, api_visibility="private")
+    gr.Button(visible=False).click(h.on_flag, [sc.flag_reason, sc.token, sc.name, sc.state], out, api_name="flag")
+    sc.undo.click(h.on_undo, [sc.name, sc.state], out, api_name="undo")
+    sc.reopen.click(h.on_reopen, [sc.history_pick, sc.name, sc.state], out, api_name="reopen", js=PICK_JS)
+    sc.export_btn.click(h.on_export, None, [sc.export_link], api_visibility="private")
+    dash_out = [sc.findings, sc.by_annotator, *sc.plots.values()]
+    sc.refresh.click(h.on_dashboard, None, dash_out, api_visibility="private")
+    sc.dash_tab.select(h.on_dashboard, None, dash_out, api_visibility="private")
+
+
+def build_app(
+    config: AppConfig, store: ComparisonStore, sampler: PairSampler, service: AnnotationService | None = None
+) -> gr.Blocks:
+    """The screen. Pass `service` to share it with another door (annotate.api); one is made otherwise."""
+    service = service or make_service(config, store, sampler)
     with gr.Blocks(title=config.title, fill_width=False) as app:
-        state = gr.State(None)  # a SessionState, made on the first event of each tab
-        gr.HTML(f"<h2>{render_inline(config.title)}</h2>")
-        with gr.Row(equal_height=True):
-            progress = gr.HTML(elem_id="progress")
-            name = gr.Textbox(
-                value="", label="Your name (optional)", scale=0, min_width=180, visible=config.auth is None,
-                elem_id="annotator", max_length=64,
-            )  # fmt: skip
-            if config.auth is not None:
-                gr.HTML('<a href="/logout" id="logout">Log out</a>', elem_id="logout-box")
-        message = gr.HTML(elem_id="message")
-        with gr.Tabs():
-            with gr.Tab("Annotate"):
-                with gr.Accordion("Guidelines", open=False, elem_id="guidelines-panel"):
-                    gr.HTML(render_markdown(config.guidelines))
-                prompt = gr.HTML(elem_classes="prompt", elem_id="prompt")
-                with gr.Row(equal_height=False):
-                    left = gr.HTML(elem_id="response-a")
-                    right = gr.HTML(elem_id="response-b")
-                strength = gr.Radio(
-                    [s for s, _ in STRENGTH_KEYS], value="clear", elem_id="strength",
-                    label="How much better?  [q] slight · [w] clear · [e] much (set before voting A or B)",
-                )  # fmt: skip
-                with gr.Row(elem_id="vote-row"):
-                    buttons = {c: gr.Button(f"{label}  [{key}]", elem_id=f"vote-{c}", variant="secondary")
-                               for c, label, key in BUTTONS}  # fmt: skip
-                with gr.Accordion("Details (optional): per-criterion picks and rationale", open=True):
-                    with gr.Row():
-                        crit = [gr.Radio(PICKS, value="-", label=f"More {c}  [{CRITERION_KEYS[c]}]",
-                                         elem_id=f"crit-{c}") for c in CRITERIA]  # fmt: skip
-                    rationale = gr.Textbox(
-                        value="", label=f"Rationale (up to {config.max_rationale:,} characters)", lines=2,
-                        placeholder="Why? (optional; Esc to leave the box)", max_length=config.max_rationale,
-                        elem_id="rationale",
-                    )  # fmt: skip
-                with gr.Row():
-                    flags = {f: gr.Button(f"Flag: {label}  [{key}]", elem_id=f"flag-{f}", size="sm")
-                             for f, label, key in FLAG_BUTTONS}  # fmt: skip
-                    undo = gr.Button("Undo last  [u]", elem_id="undo", size="sm")
-                with gr.Accordion("History: your recent votes (change one: [h] select, [r] change)", open=True):
-                    history = gr.HTML(elem_id="history")
-                    history_pick = gr.Textbox(visible=False)  # the selected entry's id (API callers send it)
-                    reopen = gr.Button("Change the selected vote  [r]", elem_id="history-open", size="sm")
-                gr.HTML(KEY_HINT, elem_id="key-hint")
-                token = gr.Textbox(value="", visible=False)  # guards against votes from a stale page
-                choice = gr.Textbox(visible=False)  # API callers send the choice here
-                flag_reason = gr.Textbox(visible=False)  # ... and the flag reason here
-            with gr.Tab("Guidelines"):
-                gr.HTML(render_markdown(config.guidelines))
-            with gr.Tab("Export", visible=False) as export_tab:
-                gr.HTML("<p>A raw snapshot of every record (retractions included), as a private link that works "
-                        "once, for you, for 10 minutes. For training data use <code>python -m annotate export "
-                        "--store DIR --out prefs.parquet</code>.</p>")  # fmt: skip
-                export_btn = gr.Button("Write snapshot")
-                export_link = gr.HTML(elem_id="export-link")
-            with gr.Tab("Dashboard", visible=False) as dash_tab:
-                refresh = gr.Button("Refresh")
-                findings = gr.HTML(elem_id="findings")
-                by_annotator = gr.HTML(elem_id="annotators")
-                with gr.Row():
-                    plots = {k: gr.Plot(label=k.capitalize()) for k in ("position", "length")}
-                with gr.Row():
-                    plots.update({k: gr.Plot(label=k.capitalize()) for k in ("annotators", "ranking")})
-
-        def render(view: View, st: SessionState) -> dict:
-            # Every output must be set: Gradio turns an omitted one into an empty update that rebuilds the
-            # component per session, the main server cost under load. Resets of the optional fields happen in
-            # the browser instead (RESET_JS below), so a vote sends only what changes with the pair.
-            return {prompt: view.prompt, left: view.left, right: view.right, progress: view.progress,
-                    message: view.message, token: view.token, history: view.history,
-                    state: st}  # fmt: skip
-
-        def act(fn, st: SessionState | None, *args):
-            """Run one service action; refusals become a visible error and store nothing."""
-            st = st or SessionState()
-            try:
-                return render(fn(st, *args), st)
-            except VoteError as e:
-                raise gr.Error(str(e)) from None
-
-        def on_next(name: str, st: SessionState | None, request: gr.Request):
-            st = st or SessionState()
-            return act(service.next_pair, st, who(name, st, request))
-
-        def on_rename(name: str, st: SessionState | None, request: gr.Request):
-            st = SessionState()  # a new name is a new session: a session never changes hands
-            return act(service.next_pair, st, who(name, st, request))
-
-        def on_vote(
-            choice: str, strength: str | None, correct: str | None, helpful: str | None, harmless: str | None,
-            concise: str | None, rationale: str, token: str, name: str, st: SessionState | None, request: gr.Request,
-        ):  # fmt: skip
-            st = st or SessionState()
-            picks = dict(zip(CRITERIA, (correct, helpful, harmless, concise)))
-            # store.append has returned when this does: the vote is durable
-            return act(service.vote, st, who(name, st, request), choice, strength, picks, rationale, token)
-
-        def on_flag(reason: str, token: str, name: str, st: SessionState | None, request: gr.Request):
-            st = st or SessionState()
-            return act(service.flag, st, who(name, st, request), reason, token)
-
-        def on_undo(name: str, st: SessionState | None, request: gr.Request):
-            st = st or SessionState()
-            return act(service.undo, st, who(name, st, request))
-
-        def on_reopen(comparison_id: str | None, name: str, st: SessionState | None, request: gr.Request):
-            st = st or SessionState()
-            if not comparison_id:
-                raise gr.Error("select a vote in History first ([h])")
-            return act(service.reopen, st, who(name, st, request), comparison_id)
-
-        def on_admin_load(request: gr.Request):
-            admin = is_admin(request)
-            return {export_tab: gr.update(visible=admin), dash_tab: gr.update(visible=admin)}
-
-        def on_export(request: gr.Request):
-            if not is_admin(request):
-                raise gr.Error("only admins can export")
-            if config.publish_export is None:
-                raise gr.Error("exports are not available in this server")
-            url = config.publish_export(getattr(request, "username", None) or "", store.read())
-            return {export_link: f'<a href="{render_inline(url)}" download id="export-download">Download the '
-                                 "snapshot (Parquet; works once, for 10 minutes)</a>"}  # fmt: skip
-
-        def on_dashboard(request: gr.Request):
-            if not is_admin(request):
-                raise gr.Error("only admins can see the dashboard")
-            view = dashboard_view(store, sampler.gold)
-            upd = {findings: view["findings"], by_annotator: view["annotators"]}
-            upd.update({plots[k]: fig for k, fig in view["figures"].items() if k in plots})
-            return upd
-
-        vote_inputs = [strength, *crit, rationale, token, name, state]  # after the choice, in on_vote's order
-        all_out = [prompt, left, right, progress, message, token, history, state]
-        app.load(on_next, [name, state], all_out, api_name="next_pair", js=ANON_JS if config.auth is None else None)
-        app.load(on_admin_load, None, [export_tab, dash_tab], api_visibility="private")
-        app.load(None, js=SHORTCUTS_JS)
-        name.submit(on_rename, [name, state], all_out, api_visibility="private", js=REMEMBER_NAME_JS)
-        # One handler for every button: the browser buttons bind the choice, API callers pass it.
-        optional = [strength, rationale, *crit]
-        for c, btn in buttons.items():
-            voted = btn.click(on_vote, [gr.State(c), *vote_inputs], all_out, api_visibility="private")
-            voted.success(None, None, optional, js=RESET_JS)  # runs in the browser only
-        api_vote = gr.Button(visible=False)
-        api_vote.click(on_vote, [choice, *vote_inputs], all_out, api_name="vote")
-        for f, btn in flags.items():
-            btn.click(on_flag, [gr.State(f), token, name, state], all_out, api_visibility="private")
-        api_flag = gr.Button(visible=False)
-        api_flag.click(on_flag, [flag_reason, token, name, state], all_out, api_name="flag")
-        undo.click(on_undo, [name, state], all_out, api_name="undo")
-        reopen.click(on_reopen, [history_pick, name, state], all_out, api_name="reopen", js=PICK_JS)
-        export_btn.click(on_export, None, [export_link], api_visibility="private")
-        dash_out = [findings, by_annotator, *plots.values()]
-        refresh.click(on_dashboard, None, dash_out, api_visibility="private")
-        dash_tab.select(on_dashboard, None, dash_out, api_visibility="private")
+        sc = _layout(config)
+        _wire(app, sc, Handlers(config, store, sampler, service, sc), demo=config.auth is None)
     return app

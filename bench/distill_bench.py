@@ -18,7 +18,6 @@ bench/results/distill.md.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shlex
@@ -32,9 +31,11 @@ HH = REPO.parent / "shared/data/hh-rlhf-harmless-sample.jsonl.gz"
 
 def hh_prompts(hh: Path, out: Path) -> Path:
     """First human turn of every HH dialogue, as a prompts JSONL for `distill --prompts`."""
-    with gzip.open(hh, "rt") as f, open(out, "w") as g:
-        for line in f:
-            first = json.loads(line)["chosen"].split("\n\nHuman:", 1)[-1].split("\n\nAssistant:", 1)[0].strip()
+    from annotate.readers import iter_jsonl  # the project's one JSONL reader (gzip by suffix)
+
+    with open(out, "w") as g:
+        for _, row in iter_jsonl(hh):
+            first = row["chosen"].split("\n\nHuman:", 1)[-1].split("\n\nAssistant:", 1)[0].strip()
             if first:
                 g.write(json.dumps({"prompt": first}) + "\n")
     return out

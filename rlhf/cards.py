@@ -1,132 +1,37 @@
-"""Dataset and model cards for the Hub: YAML metadata (huggingface_hub's CardData) plus an honest body.
+"""The model card: the one writer of a model's README.md, for a finished run and for `push`.
 
-Every figure in a card is read from files the project wrote (the store, its audit, a run's config.yaml, eval.json,
-distill_report.json); a section whose source is missing says so instead of being left out silently.
+A run writes its own card when it finishes (rlhf.common.write_model_card: the command, its one-line description and
+the exact command line, the resolved config and the held-out results). `python rlhf/train.py push` writes the card
+again, from the files the run directory recorded (config.yaml, eval.json, distill_report.json, vocab_trim.json) and
+the release (repository, license, training dataset on the Hub). Both go through `model_card`; a section whose source
+is missing says so. Tables and front matter are annotate.cards', shared with the dataset card.
 """
 
 from __future__ import annotations
 
 import json
-import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from annotate.cards import front_matter, table
 from rlhf.models import DEFAULT_MODEL, DEFAULT_MODEL_NAME
-
-if TYPE_CHECKING:
-    from annotate.audit_types import AuditResult
 
 VERBOSITY_NOTE = (
     "Verbosity: preference-tuned models tend to answer at greater length than needed, because human and reward-model "
     "judgments favour longer answers (Singhal et al. 2023, arXiv 2310.03716); check answer length before deploying."
 )
+TAGS = ("prefkit", "trl")  # every model card's tags, followed by the command that trained the model
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "n/a" if not math.isfinite(v) else f"{v:.4g}"
-    return "n/a" if v is None else str(v)
+@dataclass
+class Release:
+    """What `push` adds to a run's card: where the model goes, under which license, trained on which Hub dataset."""
 
-
-def _table(rows: dict[str, Any], head: tuple[str, str] = ("field", "value")) -> str:
-    lines = [f"| {head[0]} | {head[1]} |", "|---|---|"]
-    return "\n".join(lines + [f"| {k} | {_fmt(v)} |" for k, v in rows.items()])
-
-
-def _front_matter(card_data) -> str:
-    return f"---\n{card_data.to_yaml()}\n---\n"
-
-
-def size_category(n: int) -> str:
-    """The Hub's size_categories bucket for n rows."""
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if n < limit:
-            return name
-    return "1M<n<10M"
-
-
-# ---------------------------------------------------------------- dataset card
-
-
-def _audit_section(audit: AuditResult | None, why_missing: str) -> str:
-    """Agreement and bias figures from annotate.audit, or a plain statement that the audit was not run."""
-    if audit is None:
-        return f"The audit was not run: {why_missing}."
-    rows = {
-        "Krippendorff's alpha (all annotators)": audit.agreement.alpha.alpha,
-        "mean Cohen's kappa (annotator pairs)": audit.agreement.mean_kappa,
-        "share of decisive votes for the left response": audit.position.overall.rate,
-        "share of decisive votes for the longer response": audit.length.p_longer.overall.rate,
-        "annotators flagged as random clickers": len(audit.flags.random_clickers),
-    }
-    note = "50% means no position or length preference; alpha 1 is full agreement, 0 is chance."
-    return _table(rows, ("figure (annotate.audit)", "value")) + f"\n\n{note}"
-
-
-def dataset_card(
-    card_data,
-    *,
-    repo_id: str,
-    counts: dict[str, Any],
-    annotators: dict[str, int],
-    pseudonymised: bool,
-    schemas: dict[str, Any],
-    audit: AuditResult | None,
-    audit_missing: str,
-    guidelines: str | None,
-) -> str:
-    """README.md for a published comparison store."""
-    ann = "\n".join(f"| {name} | {n} |" for name, n in annotators.items())
-    who = "pseudonyms (stable within this release)" if pseudonymised else "the ids annotators logged in with"
-    schema_text = "\n\n".join(
-        f"`{cfg}`:\n\n| column | type |\n|---|---|\n" + "\n".join(f"| {f.name} | `{f.type}` |" for f in schema)
-        for cfg, schema in schemas.items()
-    )
-    guide = guidelines.strip() if guidelines else "No annotation guidelines were given when this dataset was pushed."
-    return (
-        _front_matter(card_data)
-        + f"""
-# {repo_id}
-
-Human pairwise judgments of model responses, collected with prefkit's labeling app.
-
-- `comparisons`: one row per standing vote (retracted votes and their retractions removed).
-- `preferences`: the votes aggregated per pair into TRL's conversational preference format
-  (`prompt`, `chosen`, `rejected`, `margin`, ...), ready for `DPOTrainer` / `RewardTrainer`.
-
-```python
-from datasets import load_dataset
-prefs = load_dataset("{repo_id}", "preferences", split="train")
-```
-
-## Counts
-
-{_table(counts, ("count", "value"))}
-
-## Annotators
-
-Annotators appear as {who}.
-
-| annotator | votes |
-|---|---|
-{ann}
-
-## Agreement and bias
-
-{_audit_section(audit, audit_missing)}
-
-## Schema
-
-{schema_text}
-
-## Annotation guidelines
-
-{guide}
-"""
-    )
-
-
-# ---------------------------------------------------------------- model card
+    repo_id: str
+    license: str | None = None
+    data_repo: str | None = None
+    data_revision: str | None = None
 
 
 def read_run(model_dir: str | Path) -> dict[str, Any]:
@@ -144,11 +49,11 @@ def read_run(model_dir: str | Path) -> dict[str, Any]:
             if (where / name).exists():
                 run[key] = json.loads((where / name).read_text())
                 break
-    if (d / "README.md").exists():  # the run's own card (rlhf.common.write_model_card) tags the command
+    if (d / "README.md").exists():  # the card model_card wrote when the run finished: its tags name the command
         from huggingface_hub import ModelCard
 
         tags = ModelCard.load(d / "README.md").data.tags or []
-        run["command"] = next((t for t in tags if t not in ("prefkit", "trl")), None)
+        run["command"] = next((t for t in tags if t not in TAGS), None)
     if run["command"] is None and "teacher" in run["config"]:
         run["command"] = "distill"
     return run
@@ -170,26 +75,30 @@ def base_model_id(name: str | None, seen: int = 0) -> str | None:
     return name if name.count("/") == 1 else None
 
 
+def _trimmed_distill_section(rep: dict[str, Any], tv: dict[str, Any]) -> str:
+    rows = {
+        "teacher / this model parameters": f"{rep['teacher']['parameters']:,} / {tv['parameters']:,}",
+        "teacher / this model layers": f"{rep['teacher']['layers']} / {rep['student']['layers']}",
+        "vocabulary kept": f"{tv['vocab_kept']:,} of {tv['vocab_full']:,} tokens",
+        "generation speed-up, batch 1 (same CPU, same prompts)": f"{tv['speedup']:.2f}x",
+        "greedy answer identical to the untrimmed student's": tv["same_answer_as_student"],
+        "teacher's held-out tokens this model cannot emit": tv["heldout_teacher_tokens_dropped"],
+        "reward score kept (mean sigmoid(reward), this model / teacher)": tv.get("score_kept"),
+        "top-1 next-token agreement of the untrimmed student with the teacher": rep["top1_agreement"],
+    }
+    where = "\n".join(f"- {s}" for s in rep.get("shortfalls", []))
+    return table(rows) + f"\n\nWhere the students fall short (from the run's report card):\n\n{where}"
+
+
 def _distill_section(rep: dict | None, trimmed: bool = False) -> str:
     if not rep:
         return "This model was not distilled (no distill_report.json in the run directory)."
-    rw = rep.get("reward", {})
     tv = rep.get("trimmed_vocab") if trimmed else None
     if trimmed and not tv:
         return "A vocabulary-trimmed student whose run recorded no report card for the trimmed model."
     if tv:
-        rows = {
-            "teacher / this model parameters": f"{rep['teacher']['parameters']:,} / {tv['parameters']:,}",
-            "teacher / this model layers": f"{rep['teacher']['layers']} / {rep['student']['layers']}",
-            "vocabulary kept": f"{tv['vocab_kept']:,} of {tv['vocab_full']:,} tokens",
-            "generation speed-up, batch 1 (same CPU, same prompts)": f"{tv['speedup']:.2f}x",
-            "greedy answer identical to the untrimmed student's": tv["same_answer_as_student"],
-            "teacher's held-out tokens this model cannot emit": tv["heldout_teacher_tokens_dropped"],
-            "reward score kept (mean sigmoid(reward), this model / teacher)": tv.get("score_kept"),
-            "top-1 next-token agreement of the untrimmed student with the teacher": rep["top1_agreement"],
-        }
-        where = "\n".join(f"- {s}" for s in rep.get("shortfalls", []))
-        return _table(rows) + f"\n\nWhere the students fall short (from the run's report card):\n\n{where}"
+        return _trimmed_distill_section(rep, tv)
+    rw = rep.get("reward", {})
     rows = {
         "teacher / student parameters": f"{rep['teacher']['parameters']:,} / {rep['student']['parameters']:,}",
         "teacher / student layers": f"{rep['teacher']['layers']} / {rep['student']['layers']}",
@@ -201,25 +110,12 @@ def _distill_section(rep: dict | None, trimmed: bool = False) -> str:
     }
     where = "\n".join(f"- {s}" for s in rep.get("shortfalls", []))
     rm = f"`{rw['model']}`" if rw.get("model") else "none given"
-    return _table(rows) + f"\n\nReward model: {rm}. Where the student falls short:\n\n{where}"
+    return table(rows) + f"\n\nReward model: {rm}. Where the student falls short:\n\n{where}"
 
 
-def model_card(
-    card_data, *, repo_id: str, run: dict[str, Any], data_repo: str | None, data_revision: str | None
-) -> str:
-    """README.md for a trained model, from what its run directory recorded."""
-    cfg = run["config"]
-    method = run["command"] or "unknown (the run directory records no command)"
-    base = card_data.base_model or f"`{cfg.get('model', 'not recorded')}` (a local checkpoint, not on the Hub)"
-    if data_repo:
-        data = (
-            f"[{data_repo}](https://huggingface.co/datasets/{data_repo}), revision `{data_revision or 'not recorded'}`"
-        )
-    else:
-        data = f"`{cfg.get('data') or cfg.get('prompts') or 'not recorded'}` (local; not published with this model)"
-    evaluation = _table(run["eval"], ("metric", "value")) if run["eval"] else "No held-out evaluation was recorded."
+def _limitations(run: dict[str, Any]) -> str:
     limits = [VERBOSITY_NOTE]
-    rep = run["distill"]
+    rep = run.get("distill")
     if rep and not 0.8 <= rep["output_length_ratio"] <= 1.25:
         limits.append(f"Its answers are {rep['output_length_ratio']:.2f}x as long as its teacher's.")
     if run.get("trim"):
@@ -228,32 +124,75 @@ def model_card(
             "training conversations use): it cannot emit the others, so text far from that domain reads worse."
         )
     limits.append("Trained on a small preference set; it has not been evaluated for safety or factual accuracy.")
-    hyper = _table({k: v for k, v in cfg.items() if not isinstance(v, dict | list)}, ("hyperparameter", "value"))
+    return "\n".join(f"- {x}" for x in limits)
+
+
+def _card_data(run: dict[str, Any], release: Release | None):
+    from huggingface_hub import ModelCardData
+
+    command = run.get("command")
+    return ModelCardData(
+        base_model=base_model_id(run["config"].get("model")),
+        library_name="transformers",
+        pipeline_tag="text-classification" if command == "reward" else "text-generation",  # a reward model scores
+        license=release.license if release else None,
+        tags=[*TAGS, command] if command else list(TAGS),
+        datasets=[release.data_repo] if release and release.data_repo else None,
+    )
+
+
+def _provenance(run: dict[str, Any], card_data, release: Release | None) -> str:
+    """Base model, method, training data and, for a run's own card, the exact command line."""
+    cfg = run["config"]
+    method = run.get("command") or "unknown (the run directory records no command)"
+    base = card_data.base_model or f"`{cfg.get('model', 'not recorded')}` (a local checkpoint, not on the Hub)"
+    if release and release.data_repo:
+        rev = release.data_revision or "not recorded"
+        data = f"[{release.data_repo}](https://huggingface.co/datasets/{release.data_repo}), revision `{rev}`"
+    else:
+        data = f"`{cfg.get('data') or cfg.get('prompts') or 'not recorded'}` (local; not published with this model)"
+    lines = f"- **Base model:** {base}\n- **Method:** {method} (prefkit, on TRL)\n- **Training data:** {data}"
+    if run.get("argv"):
+        lines += f"\n\nTrained with:\n\n```\npython rlhf/train.py {run['argv']}\n```"
+    return lines
+
+
+def model_card(run: dict[str, Any], release: Release | None = None) -> str:
+    """README.md for a trained model from what its run recorded (read_run's mapping; a finishing run adds `about`
+    and `argv`), plus the release when it is published."""
+    import yaml
+
+    card_data = _card_data(run, release)
+    title = release.repo_id if release else f"{run.get('command') or 'a'} model trained with prefkit"
+    about = f"{run['about']}\n\n" if run.get("about") else ""
+    config = yaml.safe_dump(run["config"], sort_keys=False).strip() if run["config"] else "not recorded"
+    evaluation = table(run["eval"], ("metric", "value")) if run["eval"] else "No held-out evaluation was recorded."
+    distill = (
+        f"\n## Distillation\n\n{_distill_section(run['distill'], trimmed=bool(run.get('trim')))}\n"
+        if run.get("distill") or run.get("command") == "distill"
+        else ""
+    )
     return (
-        _front_matter(card_data)
+        front_matter(card_data)
         + f"""
-# {repo_id}
+# {title}
 
-- **Base model:** {base}
-- **Method:** {method} (prefkit, on TRL)
-- **Training data:** {data}
+{about}{_provenance(run, card_data, release)}
 
-## Hyperparameters
+## Resolved config
 
-Read from the run's resolved `config.yaml` (included in this repository).
+The run's `config.yaml`: a recipe that runs it again (`--config`).
 
-{hyper}
+```yaml
+{config}
+```
 
-## Evaluation
+## Held-out results
 
 {evaluation}
-
-## Distillation
-
-{_distill_section(rep, trimmed=bool(run.get("trim")))}
-
+{distill}
 ## Known limitations
 
-{chr(10).join(f"- {x}" for x in limits)}
+{_limitations(run)}
 """
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from annotate.jsonutil import to_jsonable
 from rlhf.config import config_record, save_config
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class BaseConfig:
+class BaseArgs:
     """Flags every training command shares."""
 
     model: str = field(default="default", metadata={"help": "Hub id, local checkpoint, or 'default' (SmolLM2-135M)"})
@@ -65,7 +66,7 @@ class BaseConfig:
 
 
 @dataclass
-class ResumeConfig:
+class ResumeArgs:
     """Commands that train with a TRL Trainer, whose checkpoints hold model, optimizer, scheduler and RNG state."""
 
     resume: bool = field(
@@ -75,7 +76,7 @@ class ResumeConfig:
 
 
 @dataclass
-class PackingConfig:
+class PackingArgs:
     """Padding-free training (reward and dpo): see rlhf/packing.py."""
 
     packing: bool = field(
@@ -96,7 +97,7 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def use_cuda(cfg: BaseConfig) -> bool:
+def use_cuda(cfg: BaseArgs) -> bool:
     import torch
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -112,7 +113,7 @@ NOT_DECLARED = {
 }
 
 
-def trl_args(cfg: BaseConfig, trl_config_cls: type, default_lr: float | None = None, **extra: Any) -> Any:
+def trl_args(cfg: BaseArgs, trl_config_cls: type, default_lr: float | None = None, **extra: Any) -> Any:
     """Build a TRL config from our flags with CPU-safe settings (use_cpu, bf16 only where supported), then
     the command's `extra` keys, then the recipe's and flags' TRL overrides (cfg.trl_overrides), which win.
 
@@ -163,7 +164,7 @@ def _trl_version() -> str:
     return version("trl")
 
 
-def start_run(cfg: BaseConfig) -> Path:
+def start_run(cfg: BaseArgs) -> Path:
     """Create the output directory and record the resolved config before anything can fail halfway.
 
     Under --resume the run continues in place: on the data version the original run pinned, with metrics.jsonl
@@ -201,7 +202,7 @@ def checkpoint_step(path: str | Path) -> int:
     return int(Path(path).name.rsplit("-", 1)[1])
 
 
-def resume_checkpoint(cfg: BaseConfig) -> str | None:
+def resume_checkpoint(cfg: BaseArgs) -> str | None:
     """The checkpoint a --resume run continues from (None without --resume): the last complete `checkpoint-N` in
     --output-dir. None there is a usage error (exit 2)."""
     if not getattr(cfg, "resume", False):
@@ -223,7 +224,7 @@ def _whole_json(path: Path) -> bool:
         return False
 
 
-def _keep_original_data(cfg: BaseConfig, out: Path) -> None:
+def _keep_original_data(cfg: BaseArgs, out: Path) -> None:
     """A resumed run reads the data the original run pinned (`votes@12`), not the store's newest version: the
     Trainer's data-order skip assumes the same dataset. Other changed settings are allowed and listed."""
     import yaml
@@ -260,18 +261,9 @@ def _trim_metrics(path: Path, step: int) -> None:
     path.write_text("".join(keep))
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe metric values (NaN -> null, numpy/torch scalars -> float)."""
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def append_metrics(out_dir: str | Path, record: dict[str, Any]) -> None:
     with open(Path(out_dir) / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        f.write(json.dumps(to_jsonable(record)) + "\n")  # NaN -> null, tensors -> numbers
 
 
 def metrics_callback(out_dir: str | Path) -> TrainerCallback:
@@ -290,55 +282,25 @@ def write_eval(out_dir: str | Path, results: dict[str, Any]) -> None:
     """Held-out results: eval.json, plus one `split: eval` line in metrics.jsonl."""
     if not is_main_process():
         return
-    clean = {k: _clean(v) for k, v in results.items()}
+    clean = to_jsonable(results)
     Path(out_dir, "eval.json").write_text(json.dumps(clean, indent=2) + "\n")
     append_metrics(out_dir, {"split": "eval", **clean})
 
 
-def write_model_card(out_dir: str | Path, cfg: BaseConfig, command: str, results: dict[str, Any], about: str) -> None:
-    """README.md with Hub front matter, the exact command, the resolved config and the held-out results."""
+def write_model_card(out_dir: str | Path, cfg: BaseArgs, command: str, results: dict[str, Any], about: str) -> None:
+    """README.md of a finished run: the model card (rlhf.cards.model_card, the writer `push` uses too) with the
+    command, the exact command line, the resolved config and the held-out results."""
     if not is_main_process():
         return
-    rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in results.items())
-    config = "\n".join(f"{k}: {v!r}" for k, v in config_record(cfg).items())
+    from rlhf.cards import model_card
+
     argv = " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("train.py") else f"{command} ..."
-    card = f"""---
-library_name: transformers
-tags: [prefkit, trl, {command}]
-base_model: {cfg.model}
----
-
-# {command} model trained with prefkit
-
-{about}
-
-Trained from preference data `{cfg.data}` with:
-
-```
-python rlhf/train.py {argv}
-```
-
-## Held-out results
-
-| metric | value |
-|---|---|
-{rows}
-
-## Resolved config
-
-```yaml
-{config}
-```
-"""
-    Path(out_dir, "README.md").write_text(card)
+    run = {"config": config_record(cfg), "eval": to_jsonable(results), "distill": None,
+           "trim": None, "command": command, "about": about, "argv": argv}  # fmt: skip
+    Path(out_dir, "README.md").write_text(model_card(run))
 
 
-def _fmt(v: Any) -> str:
-    v = _clean(v)
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def load_data(cfg: BaseConfig):
+def load_data(cfg: BaseArgs):
     """(tokenizer, train, test, data info) for a training run: the model's tokenizer and the prepared splits."""
     from rlhf.data import prepare
     from rlhf.models import load_tokenizer
@@ -350,7 +312,7 @@ def load_data(cfg: BaseConfig):
     return (tokenizer, *shared_on_disk(train, test, cfg.output_dir), info)
 
 
-def plan(cfg: BaseConfig, info: dict[str, Any]) -> dict[str, Any]:
+def plan(cfg: BaseArgs, info: dict[str, Any]) -> dict[str, Any]:
     """What the run will cost, printed before it starts: optimizer steps, pairs and tokens through the model."""
     import os
 
@@ -400,7 +362,7 @@ def shared_on_disk(train, test, out_dir: str | Path, timeout_s: float = 1800.0):
     return load_from_disk(str(where / "train")), load_from_disk(str(where / "test"))
 
 
-def finish_rl_run(out_dir: str | Path, cfg: BaseConfig, command: str, results: dict[str, Any], method: str) -> None:
+def finish_rl_run(out_dir: str | Path, cfg: BaseArgs, command: str, results: dict[str, Any], method: str) -> None:
     """eval.json, model card and a one-line summary for a policy trained against a reward model (ppo, rloo),
     whose results carry the held-out score before/after and the KL to the starting policy."""
     write_eval(out_dir, results)

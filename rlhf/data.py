@@ -6,15 +6,11 @@ so no prompt is seen in both train and test, and every command splits with annot
 PPO and export hold out the same prompts of the same data for the same seed and fraction. Pairs longer than
 `max_length` tokens are dropped with a printed count (never truncated: a truncated pair may cut off exactly the part
 that made one response better).
-
-Also here: a learnable synthetic preference set (correct arithmetic preferred) and a tiny word-level tokenizer for
-it, so tests train real trainers in seconds.
 """
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,56 +24,26 @@ REQUIRED = ("prompt", "chosen", "rejected")
 
 
 def _check_row(row: dict, where: str) -> dict:
-    """Normalise one preference row; plain-string prompt/responses become messages (TRL accepts both)."""
-    for f in REQUIRED:
-        if f not in row or row[f] is None:
-            raise SchemaError(f"{where}: missing field '{f}'")
-    prompt = row["prompt"]
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    if not isinstance(prompt, list) or not prompt:
-        raise SchemaError(f"{where}: field 'prompt': expected a list of messages or a string")
-    out = dict(row)
-    out["prompt"] = [{"role": m["role"], "content": m["content"]} for m in prompt]
-    for f in ("chosen", "rejected"):
-        value = row[f]
-        if isinstance(value, str):
-            value = [{"role": "assistant", "content": value}]
-        if not isinstance(value, list) or not value or not isinstance(value[0], dict):
-            raise SchemaError(f"{where}: field '{f}': expected [{{role: assistant, content}}] or a string")
-        out[f] = [{"role": m.get("role", "assistant"), "content": m.get("content") or ""} for m in value]
-    if not out.get("prompt_id"):
-        # Group by prompt text when the file carries no id, so the held-out split stays by prompt.
-        from annotate.schema import prompt_id_for
+    """One preference row in TRL's conversational form (annotate.trl_rows, the reader `annotate import` uses too);
+    plain-string prompt/responses become messages, a missing prompt_id the import's id. Errors name `where`."""
+    from annotate.trl_rows import conversational
 
-        out["prompt_id"] = prompt_id_for(out["prompt"])  # the id an import of the same messages gets
-    return out
+    try:
+        return conversational(row)
+    except SchemaError as e:
+        raise SchemaError(f"{where}: {e}") from None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    import gzip
+    from annotate.readers import iter_jsonl  # the one JSONL reader: physical line numbers, gzip by suffix
 
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(_check_row(json.loads(line), f"{path}: line {i}"))
-            except json.JSONDecodeError as e:
-                raise SchemaError(f"{path}: line {i}: invalid JSON ({e.msg})") from None
-    return rows
+    return [_check_row(row, f"{path}: line {n}") for n, row in iter_jsonl(path)]
 
 
 def _read_parquet(path: Path) -> list[dict]:
-    import pyarrow.parquet as pq
+    from annotate.readers import iter_parquet
 
-    table = pq.read_table(path)
-    for f in REQUIRED:
-        if f not in table.column_names:
-            raise SchemaError(f"{path}: missing field '{f}'")
-    return [_check_row(r, f"{path}: row {i}") for i, r in enumerate(table.to_pylist())]
+    return [_check_row(row, f"{path}: row {n}") for n, row in iter_parquet(path, required=REQUIRED)]
 
 
 def _read_store(path: str) -> list[dict]:
@@ -188,76 +154,6 @@ def describe(ds: Dataset, name: str = "train") -> dict[str, Any]:
     return info
 
 
-# -- synthetic data for tests -------------------------------------------------------------------------------------
-
-
-def synthetic_arithmetic(n_prompts: int = 100, wrong_per_prompt: int = 4, seed: int = 0, max_operand: int = 9):
-    """Rows preferring the correct sum: prompt "What is a + b ?", chosen "a+b", rejected a wrong number.
-
-    The wrong answers are near misses (off by 1, 3 or 5), so neither length nor "looks like a number" separates
-    them: a model has to relate the answer to the operands (parity suffices, which is what makes it learnable by a
-    tiny model on held-out prompts in seconds). Rows follow the export columns.
-    """
-    rng = random.Random(seed)
-    combos = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
-    rng.shuffle(combos)
-    rows = []
-    for a, b in combos[:n_prompts]:
-        right = a + b
-        # Odd offsets: the wrong sum has the wrong parity, a rule a tiny model can learn and carry to unseen sums.
-        wrongs = [right + d for d in (-5, -3, -1, 1, 3, 5) if right + d >= 0]
-        for w in rng.sample(wrongs, min(wrong_per_prompt, len(wrongs))):
-            rows.append(
-                {
-                    "prompt": [{"role": "user", "content": f"What is {a} + {b} ?"}],
-                    "chosen": [{"role": "assistant", "content": str(right)}],
-                    "rejected": [{"role": "assistant", "content": str(w)}],
-                    "margin": 1.0,
-                    "prompt_id": f"add-{a}-{b}",
-                    "n_votes": 1,
-                    "agreement": 1.0,
-                    "chosen_id": f"add-{a}-{b}-{right}",
-                    "rejected_id": f"add-{a}-{b}-{w}",
-                    "chosen_source": "oracle",
-                    "rejected_source": "corrupted",
-                }
-            )
-    return rows
-
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def arithmetic_tokenizer(max_number: int = 99) -> PreTrainedTokenizerBase:
-    """A ~130-token word-level tokenizer (numbers are single tokens) with a ChatML template, for fast tests.
-
-    SmolLM2's 49k vocabulary would make a tiny model's logits dominate compute; this keeps tests in seconds.
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|pad|>", "<|unk|>", "<|im_start|>", "<|im_end|>"]
-    words = ["user", "assistant", "system", "What", "is", "+", "-", "?", "=", "\n", "the", "answer"]
-    vocab = {w: i for i, w in enumerate(specials + words + [str(n) for n in range(max_number + 1)])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
-    # Split on whitespace but keep newlines as tokens, so the chat template's layout survives a round trip.
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.Split(" ", behavior="removed")]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<|pad|>",
-        unk_token="<|unk|>",
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
 def prepare(
     data: str,
     tokenizer: PreTrainedTokenizerBase,
@@ -279,44 +175,25 @@ def trainer_columns(ds: Dataset, keep: tuple[str, ...] = REQUIRED) -> Dataset:
     return ds.remove_columns([c for c in ds.column_names if c not in keep])
 
 
-def write_synthetic_export(out_dir: str | Path, test_fraction: float = 0.2, seed: int = 0, **kw) -> tuple[Path, Path]:
-    """synthetic_arithmetic() written like `annotate export --test-fraction`: prefs-train/-test.parquet by prompt."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from datasets import Dataset
-
-    train, test = split_by_prompt(Dataset.from_list(synthetic_arithmetic(seed=seed, **kw)), test_fraction, seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = out / "prefs-train.parquet", out / "prefs-test.parquet"
-    for ds, path in zip((train, test), paths):
-        pq.write_table(pa.Table.from_pylist(ds.to_list()), path)
-    return paths
-
-
 # -- prompts (for methods that generate: ppo, rloo, evaluate, distill) ----------------------------------------
 Messages = list[dict[str, str]]
 
 
 def load_prompts(path: str | Path) -> list[Messages]:
     """Unique prompts (as messages) from an export (.parquet or .jsonl), a candidate pool, or a .txt file."""
+    from annotate.readers import iter_parquet
     from annotate.schema import SchemaError, as_messages
 
     path = Path(path)
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such prompts file")
-        table = pq.read_table(path)
-        if "prompt" not in table.column_names:
-            raise SchemaError(f"{path}: missing field 'prompt'")
         seen: dict[str, Messages] = {}
-        for i, p in enumerate(table.column("prompt").to_pylist()):
+        for n, row in iter_parquet(path, columns=["prompt"]):
             try:
-                msgs = as_messages(p)
+                msgs = as_messages(row["prompt"])
             except SchemaError as e:
-                raise SchemaError(f"{path}: row {i}: {e}") from None
+                raise SchemaError(f"{path}: row {n}: {e}") from None
             seen.setdefault(json.dumps(msgs, sort_keys=True), msgs)
         return list(seen.values())
     from annotate.pool import read_prompts  # JSONL (export, pool, prompts) or plain text

@@ -19,8 +19,9 @@ The teacher first answers every prompt once (greedy by default); those answers a
 
 Both record the same held-out figure before and after training: forward KL(teacher || student) per answer token
 on teacher answers to prompts not trained on (`eval.json`, `metrics.jsonl`). Then `rlhf.distill_report` writes
-the report card (`distill_report.json` + `distill_report.png`) unless `--report false`. Generation, divergence and
-vocabulary trimming live in `rlhf.distill_models`, which both this command and the report use.
+the report card (`distill_report.json` + `distill_report.png`) unless `--report false`. Answers come from the
+project's one generation loop (`rlhf.sampling`); divergence and vocabulary trimming live in `rlhf.distill_models`,
+which both this command and the report use.
 """
 
 from __future__ import annotations
@@ -32,17 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from annotate.errors import UsageError
 from annotate.schema import SchemaError
-from rlhf.common import BaseConfig, append_metrics, metrics_callback, trl_args, use_cuda, write_eval
+from rlhf.common import BaseArgs, append_metrics, metrics_callback, trl_args, use_cuda, write_eval
 from rlhf.config import parse_config, save_config
-from rlhf.distill_models import Messages, divergence, generate, trim_student
+from rlhf.distill_models import Messages, divergence, trim_student
+from rlhf.sampling import generate
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
-class DistillConfig(BaseConfig):
+class DistillArgs(BaseArgs):
     """Distil a teacher policy into a smaller student sharing its tokenizer."""
 
     teacher: str | None = field(default=None, metadata={"help": "teacher checkpoint dir or Hub id (default: --model)"})
@@ -95,7 +98,7 @@ class DistillConfig(BaseConfig):
 def keep_indices(n_layers: int, keep: int) -> list[int]:
     """`keep` evenly spaced layer indices out of `n_layers`, first and last always kept."""
     if not 1 <= keep <= n_layers:
-        raise SchemaError(f"--student-layers must be in 1..{n_layers}, got {keep}")
+        raise UsageError(f"--student-layers must be in 1..{n_layers}, got {keep}")
     if keep == 1:
         return [n_layers - 1]
     return sorted({round(i * (n_layers - 1) / (keep - 1)) for i in range(keep)})
@@ -109,7 +112,7 @@ def cut_student(teacher: PreTrainedModel, keep: int) -> PreTrainedModel:
 
     base = getattr(teacher, "model", None)
     if base is None or not isinstance(getattr(base, "layers", None), nn.ModuleList):
-        raise SchemaError(f"--student-layers needs a decoder with model.layers (got {type(teacher).__name__})")
+        raise UsageError(f"--student-layers needs a decoder with model.layers (got {type(teacher).__name__})")
     idx = keep_indices(len(base.layers), keep)
     student = copy.deepcopy(teacher)
     student.model.layers = nn.ModuleList([student.model.layers[i] for i in idx])
@@ -141,7 +144,7 @@ def _answers_dataset(
     return Dataset.from_list(rows)
 
 
-def train_student(cfg: DistillConfig, student, teacher, tokenizer, prompts, answers) -> list[dict[str, Any]]:
+def train_student(cfg: DistillArgs, student, teacher, tokenizer, prompts, answers) -> list[dict[str, Any]]:
     """Run GKD (token) or SFT (sequence) on the teacher's answers; returns the trainer's log history."""
     extra = dict(lr_scheduler_type="constant")  # short runs: a decaying schedule mostly wastes the last steps
     data = _answers_dataset(tokenizer, prompts, answers, cfg.method)
@@ -164,24 +167,24 @@ def train_student(cfg: DistillConfig, student, teacher, tokenizer, prompts, answ
     return [h for h in trainer.state.log_history if "loss" in h]
 
 
-def _load_prompts(cfg: DistillConfig) -> list[Messages]:
+def _load_prompts(cfg: DistillArgs) -> list[Messages]:
     if not (cfg.data or cfg.prompts):
-        raise SchemaError("distill needs prompts: pass --prompts FILE or --data EXPORT.parquet")
+        raise UsageError("distill needs prompts: pass --prompts FILE or --data EXPORT.parquet")
     from rlhf.data import load_prompts  # exports, pools, JSONL or .txt prompt files
 
     return load_prompts(cfg.data or cfg.prompts)
 
 
-def build_student(cfg: DistillConfig, teacher, tokenizer):
+def build_student(cfg: DistillArgs, teacher, tokenizer):
     """The student model: loaded (and checked to share the tokenizer) or cut from the teacher."""
     from rlhf.models import load_causal_lm, load_tokenizer
 
     if (cfg.student is None) == (cfg.student_layers is None):
-        raise SchemaError("pass exactly one of --student ID_OR_PATH or --student-layers N")
+        raise UsageError("pass exactly one of --student ID_OR_PATH or --student-layers N")
     if cfg.student_layers is not None:
         return cut_student(teacher, cfg.student_layers)
     if load_tokenizer(cfg.student).get_vocab() != tokenizer.get_vocab():
-        raise SchemaError(
+        raise UsageError(
             f"--student {cfg.student}: its tokenizer differs from the teacher's (token-level KD needs one)"
         )
     return load_causal_lm(cfg.student, dtype="float32")
@@ -195,30 +198,26 @@ def _save_answers(path: Path, splits: dict[str, tuple[list, list]]) -> None:
                 f.write(json.dumps({"split": split, "prompt": p, "answer_ids": a}) + "\n")
 
 
-def distill(cfg: DistillConfig) -> dict[str, Any]:
-    """Teacher answers -> student -> training -> held-out divergence; saves the student, metrics and report."""
-    import torch
-
-    from rlhf.models import load_causal_lm, load_tokenizer
-
-    if cfg.method not in ("token", "sequence"):
-        raise SchemaError(f"--method must be token or sequence, got {cfg.method!r}")
+def _eval_and_train_prompts(cfg: DistillArgs) -> tuple[list[Messages], list[Messages]]:
+    """(held-out, training) prompts: a seeded shuffle, at most --max-prompts, the first --eval-prompts held out."""
     prompts = _load_prompts(cfg)
     random.Random(cfg.seed).shuffle(prompts)
     prompts = prompts[: cfg.max_prompts]
     if len(prompts) <= cfg.eval_prompts:
-        raise SchemaError(f"{len(prompts)} prompts: need more than --eval-prompts {cfg.eval_prompts}")
-    eval_p, train_p = prompts[: cfg.eval_prompts], prompts[cfg.eval_prompts :]
+        raise UsageError(f"{len(prompts)} prompts: need more than --eval-prompts {cfg.eval_prompts}")
+    return prompts[: cfg.eval_prompts], prompts[cfg.eval_prompts :]
+
+
+def _start_run(cfg: DistillArgs) -> Path:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")  # the resolved config, as every training command leaves it
     (out / "metrics.jsonl").write_text("")
+    return out
 
-    torch.manual_seed(cfg.seed)
-    device = "cuda" if use_cuda(cfg) else "cpu"
-    tokenizer = load_tokenizer(cfg.teacher)
-    teacher = load_causal_lm(cfg.teacher, dtype="float32", device=device)
-    student = build_student(cfg, teacher, tokenizer).to(device)
+
+def _teacher_answers(cfg: DistillArgs, teacher, tokenizer, out: Path, train_p: list, eval_p: list):
+    """(train answers, eval answers) of the teacher, also saved to teacher_answers.jsonl."""
     gen = dict(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.teacher_temperature,
@@ -227,6 +226,57 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     train_a = generate(teacher, tokenizer, train_p, desc="teacher answers (train)", **gen)
     eval_a = generate(teacher, tokenizer, eval_p, desc="teacher answers (eval)", **gen)
     _save_answers(out / "teacher_answers.jsonl", {"train": (train_p, train_a), "eval": (eval_p, eval_a)})
+    return train_a, eval_a
+
+
+def _results(cfg: DistillArgs, before: dict, after: dict, history: list, n_train: int, n_eval: int) -> dict:
+    return {
+        "method": cfg.method,
+        "kl_before": before["kl"],
+        "kl_after": after["kl"],
+        "top1_agreement_before": before["top1_agreement"],
+        "top1_agreement_after": after["top1_agreement"],
+        "eval_tokens": after["tokens"],
+        "train_prompts": n_train,
+        "eval_prompts": n_eval,
+        "steps": history[-1]["step"] if history else 0,
+    }
+
+
+def _trim_and_report(cfg: DistillArgs, out: Path, teacher, student, tokenizer, train, heldout) -> None:
+    """--trim-vocab and the report card (--report), both on the trained student. `train`, `heldout`: (prompts,
+    teacher answers)."""
+    trimmed = None
+    if cfg.trim_vocab:
+        rows = [{"prompt": p, "answer_ids": a} for p, a in zip(*train)]
+        trimmed = trim_student(str(out), rows, model=student, tokenizer=tokenizer, data=cfg.trim_vocab_data)
+    if cfg.report:
+        from rlhf.distill_report import build_report  # matplotlib and the reward model: only when a report is asked
+
+        build_report(
+            cfg.teacher, str(out), *heldout, out_dir=out, reward_model=cfg.reward_model,
+            max_new_tokens=cfg.max_new_tokens, speed_prompts=cfg.speed_prompts, speed_batch_size=cfg.speed_batch_size,
+            trimmed_dir=trimmed, teacher_model=teacher, student_model=student, tokenizer=tokenizer,
+        )  # fmt: skip
+
+
+def distill(cfg: DistillArgs) -> dict[str, Any]:
+    """Teacher answers -> student -> training -> held-out divergence; saves the student, metrics and report."""
+    import torch
+
+    from rlhf.models import load_causal_lm, load_tokenizer
+
+    if cfg.method not in ("token", "sequence"):
+        raise UsageError(f"--method must be token or sequence, got {cfg.method!r}")
+    eval_p, train_p = _eval_and_train_prompts(cfg)
+    out = _start_run(cfg)
+
+    torch.manual_seed(cfg.seed)
+    device = "cuda" if use_cuda(cfg) else "cpu"
+    tokenizer = load_tokenizer(cfg.teacher)
+    teacher = load_causal_lm(cfg.teacher, dtype="float32", device=device)
+    student = build_student(cfg, teacher, tokenizer).to(device)
+    train_a, eval_a = _teacher_answers(cfg, teacher, tokenizer, out, train_p, eval_p)
 
     before = divergence(student, teacher, tokenizer, eval_p, eval_a)
     append_metrics(out, {"split": "eval", "step": 0, "kl": before["kl"], "top1_agreement": before["top1_agreement"]})
@@ -234,42 +284,21 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     after = divergence(student, teacher, tokenizer, eval_p, eval_a)
     student.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    results = {
-        "method": cfg.method,
-        "kl_before": before["kl"],
-        "kl_after": after["kl"],
-        "top1_agreement_before": before["top1_agreement"],
-        "top1_agreement_after": after["top1_agreement"],
-        "eval_tokens": after["tokens"],
-        "train_prompts": len(train_p),
-        "eval_prompts": len(eval_p),
-        "steps": history[-1]["step"] if history else 0,
-    }
+    results = _results(cfg, before, after, history, len(train_p), len(eval_p))
     write_eval(out, results)  # eval.json + a `split: eval` line in metrics.jsonl
     print(
         f"[distill] held-out KL(teacher||student) {before['kl']:.4f} -> {after['kl']:.4f} nats/token; top-1 "
         f"agreement {before['top1_agreement']:.3f} -> {after['top1_agreement']:.3f}; student saved to {out}"
     )
-    trimmed = None
-    if cfg.trim_vocab:
-        rows = [{"prompt": p, "answer_ids": a} for p, a in zip(train_p, train_a)]
-        trimmed = trim_student(str(out), rows, model=student, tokenizer=tokenizer, data=cfg.trim_vocab_data)
-    if cfg.report:
-        from rlhf.distill_report import build_report  # matplotlib and the reward model: only when a report is asked
-
-        build_report(
-            cfg.teacher, str(out), eval_p, eval_a, out_dir=out, reward_model=cfg.reward_model,
-            max_new_tokens=cfg.max_new_tokens, speed_prompts=cfg.speed_prompts, speed_batch_size=cfg.speed_batch_size,
-            trimmed_dir=trimmed, teacher_model=teacher, student_model=student, tokenizer=tokenizer,
-        )  # fmt: skip
+    _trim_and_report(cfg, out, teacher, student, tokenizer, (train_p, train_a), (eval_p, eval_a))
     return {**results, "train_loss": [{"step": h["step"], "loss": h["loss"]} for h in history]}
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(DistillConfig, argv, prog="python rlhf/train.py distill")
+    cfg = parse_config(DistillArgs, argv, prog="python rlhf/train.py distill")
     try:
         distill(cfg)
-    except (SchemaError, FileNotFoundError) as e:
+    except (SchemaError, UsageError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,5 +1,6 @@
-"""What the distill command and its report card both do with teacher and student models: generate answers,
-measure how far the student is from the teacher (forward KL, top-1 agreement), trim the student's vocabulary.
+"""What the distill command and its report card both do with teacher and student models: generate answers (the
+project's one loop, rlhf.sampling.generate, re-exported), measure how far the student is from the teacher (forward
+KL, top-1 agreement), trim the student's vocabulary.
 
 It sits below both so the dependency runs one way: rlhf.distill (the command, which runs the report at its end)
 -> rlhf.distill_report (which `python -m rlhf.distill_report` also runs alone on a finished run) -> this module.
@@ -12,58 +13,12 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlhf.sampling import Messages, generate, render_prompt
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-Messages = list[dict[str, str]]
-
-
-def generate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[Messages],
-    *,
-    max_new_tokens: int,
-    batch_size: int = 8,
-    temperature: float = 0.0,
-    min_new_tokens: int = 0,
-    desc: str = "generating",
-) -> list[list[int]]:
-    """Answer token ids per prompt (chat template, left padding, stop at eos). Greedy when temperature == 0."""
-    import torch
-    from tqdm.auto import tqdm
-
-    tokenizer.padding_side = "left"
-    model.eval()
-    out: list[list[int]] = []
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-        texts = [
-            tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-            for p in prompts[i : i + batch_size]
-        ]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        sample = temperature > 0
-        with torch.no_grad():
-            seqs = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=min_new_tokens,
-                do_sample=sample,
-                temperature=temperature if sample else None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        for row in seqs[:, enc["input_ids"].shape[1] :].tolist():
-            ids = []
-            for t in row:
-                ids.append(t)
-                if t in eos_ids and not min_new_tokens:
-                    break
-            out.append(ids)
-    return out
+__all__ = ["Messages", "divergence", "generate", "trim_student"]  # generate: the one loop, re-exported for the report
 
 
 def divergence(
@@ -84,9 +39,7 @@ def divergence(
     for i in range(0, len(prompts), batch_size):
         seqs, starts = [], []
         for p, a in zip(prompts[i : i + batch_size], answers[i : i + batch_size]):
-            ids = tokenizer(
-                tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False), add_special_tokens=False
-            )["input_ids"]
+            ids = tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]  # as generate renders
             seqs.append(ids + a)
             starts.append(len(ids))
         width = max(map(len, seqs))
@@ -118,7 +71,7 @@ def trim_student(
 
     tokenizer = tokenizer or load_tokenizer(student_dir)
     model = model or load_causal_lm(student_dir, dtype="float32")
-    texts = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in rows]
+    texts = [render_prompt(tokenizer, r["prompt"]) for r in rows]
     texts += tokenizer.batch_decode([r["answer_ids"] for r in rows], skip_special_tokens=False)
     if data:
         from rlhf.data import load_preferences

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SPEED_TARGET = 1.7  # issue 5: a student worth serving is at least this much faster ...
+SPEED_TARGET = 1.7  # a student worth serving is at least this much faster than its teacher ...
 KEPT_TARGET = 0.85  # ... and keeps at least this share of the teacher's reward score
 
 
@@ -151,6 +151,74 @@ def _shortfalls(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def _side(path: str | Path, model, answers: list[list[int]], tokens_per_s: float) -> dict[str, Any]:
+    """One model's column of the report: size, depth, speed and answer length."""
+    return {
+        "path": str(path),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "layers": model.config.num_hidden_layers,
+        "size_on_disk_mb": size_on_disk(path) / 2**20,
+        "tokens_per_s": tokens_per_s,
+        "mean_output_tokens": sum(map(len, answers)) / len(answers),
+    }
+
+
+def _batched_speed(teacher, student, tokenizer, prompts, max_new_tokens: int, batch_size: int) -> dict | None:
+    """Tokens/s at `batch_size` (None at 1). Batch 1 is the latency a chat user sees; a server batches, and there the
+    layers' share of the work grows."""
+    if batch_size <= 1:
+        return None
+    tb, sb = _speed(teacher, student, tokenizer, prompts, max_new_tokens, batch_size)
+    return {"teacher_tokens_per_s": tb, "student_tokens_per_s": sb}
+
+
+def _reward_section(reward_model: str | None, prompts, texts: dict[str, list[str]]) -> dict[str, Any]:
+    """The reward model's verdict on student vs teacher answers (just the scale without a reward model)."""
+    reward: dict[str, Any] = {"model": reward_model, "scale": "mean sigmoid(reward); win rate: ties count half"}
+    if not reward_model:
+        return reward
+    r_t, r_s = (_reward_scores(reward_model, prompts, texts[n]) for n in ("teacher", "student"))
+    sig = lambda xs: sum(1 / (1 + math.exp(-x)) for x in xs) / len(xs)  # noqa: E731
+    reward.update(
+        teacher_mean_raw=sum(r_t) / len(r_t),
+        student_mean_raw=sum(r_s) / len(r_s),
+        teacher_mean=sig(r_t),
+        student_mean=sig(r_s),
+        score_kept=sig(r_s) / sig(r_t),
+        student_win_rate=sum(1.0 if s > t else 0.5 if s == t else 0.0 for s, t in zip(r_s, r_t)) / len(r_s),
+    )
+    return reward
+
+
+def _report(sides: dict, agree: dict, reward: dict, batched: dict | None, *, speed_batch_size: int, prompts: int,
+            speed_prompts: int, max_new_tokens: int) -> dict[str, Any]:  # fmt: skip
+    """The report's figures, in the order distill_report.json lists them."""
+    import torch
+
+    t, s = sides["teacher"], sides["student"]
+    return {
+        "teacher": t,
+        "student": s,
+        "speedup": s["tokens_per_s"] / t["tokens_per_s"],
+        "speed_batch_size": speed_batch_size if batched else None,
+        "speedup_batched": batched["student_tokens_per_s"] / batched["teacher_tokens_per_s"] if batched else None,
+        "batched_tokens_per_s": batched,
+        "parameter_ratio": s["parameters"] / t["parameters"],
+        "top1_agreement": agree["top1_agreement"],
+        "kl_per_token": agree["kl"],
+        "reward": reward,
+        "output_length_ratio": s["mean_output_tokens"] / max(t["mean_output_tokens"], 1e-9),
+        "prompts": prompts,
+        "speed_prompts": min(speed_prompts, prompts),
+        "max_new_tokens": max_new_tokens,
+        "hardware": {
+            "device": "cpu",
+            "processor": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+
+
 def build_report(
     teacher: str,
     student: str,
@@ -168,8 +236,6 @@ def build_report(
     tokenizer=None,
 ) -> dict[str, Any]:
     """Measure teacher vs student, write distill_report.json + .png into out_dir, return the report."""
-    import torch
-
     from rlhf.distill_models import divergence, generate
     from rlhf.models import load_causal_lm, load_tokenizer, resolve_model
 
@@ -180,65 +246,16 @@ def build_report(
     student_answers = generate(
         student_model, tokenizer, prompts, max_new_tokens=max_new_tokens, desc="student answers"
     )
-    t_tps, s_tps = _speed(teacher_model, student_model, tokenizer, prompts[:speed_prompts], max_new_tokens)
-    # Batch 1 is the latency a chat user sees; a server batches, and there the layers' share of the work grows.
-    batched = None
-    if speed_batch_size > 1:
-        tb, sb = _speed(teacher_model, student_model, tokenizer, prompts[:speed_prompts], max_new_tokens,
-                        speed_batch_size)  # fmt: skip
-        batched = {"teacher_tokens_per_s": tb, "student_tokens_per_s": sb}
-
-    sides = {}
-    for name, path, model, answers, tps in (
-        ("teacher", resolve_model(teacher), teacher_model, teacher_answers, t_tps),
-        ("student", student, student_model, student_answers, s_tps),
-    ):
-        sides[name] = {
-            "path": str(path),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "layers": model.config.num_hidden_layers,
-            "size_on_disk_mb": size_on_disk(path) / 2**20,
-            "tokens_per_s": tps,
-            "mean_output_tokens": sum(map(len, answers)) / len(answers),
-        }
-    reward: dict[str, Any] = {"model": reward_model, "scale": "mean sigmoid(reward); win rate: ties count half"}
-    texts = {
-        n: tokenizer.batch_decode(a, skip_special_tokens=True)
-        for n, a in (("teacher", teacher_answers), ("student", student_answers))
-    }
-    if reward_model:
-        r_t, r_s = (_reward_scores(reward_model, prompts, texts[n]) for n in ("teacher", "student"))
-        sig = lambda xs: sum(1 / (1 + math.exp(-x)) for x in xs) / len(xs)  # noqa: E731
-        reward.update(
-            teacher_mean_raw=sum(r_t) / len(r_t),
-            student_mean_raw=sum(r_s) / len(r_s),
-            teacher_mean=sig(r_t),
-            student_mean=sig(r_s),
-            score_kept=sig(r_s) / sig(r_t),
-            student_win_rate=sum(1.0 if s > t else 0.5 if s == t else 0.0 for s, t in zip(r_s, r_t)) / len(r_s),
-        )
-    report: dict[str, Any] = {
-        "teacher": sides["teacher"],
-        "student": sides["student"],
-        "speedup": s_tps / t_tps,
-        "speed_batch_size": speed_batch_size if batched else None,
-        "speedup_batched": batched["student_tokens_per_s"] / batched["teacher_tokens_per_s"] if batched else None,
-        "batched_tokens_per_s": batched,
-        "parameter_ratio": sides["student"]["parameters"] / sides["teacher"]["parameters"],
-        "top1_agreement": agree["top1_agreement"],
-        "kl_per_token": agree["kl"],
-        "reward": reward,
-        "output_length_ratio": sides["student"]["mean_output_tokens"]
-        / max(sides["teacher"]["mean_output_tokens"], 1e-9),
-        "prompts": len(prompts),
-        "speed_prompts": min(speed_prompts, len(prompts)),
-        "max_new_tokens": max_new_tokens,
-        "hardware": {
-            "device": "cpu",
-            "processor": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(),
-        },
-    }
+    timed = prompts[:speed_prompts]
+    t_tps, s_tps = _speed(teacher_model, student_model, tokenizer, timed, max_new_tokens)
+    batched = _batched_speed(teacher_model, student_model, tokenizer, timed, max_new_tokens, speed_batch_size)
+    sides = {"teacher": _side(resolve_model(teacher), teacher_model, teacher_answers, t_tps),
+             "student": _side(student, student_model, student_answers, s_tps)}  # fmt: skip
+    texts = {n: tokenizer.batch_decode(a, skip_special_tokens=True)
+             for n, a in (("teacher", teacher_answers), ("student", student_answers))}  # fmt: skip
+    reward = _reward_section(reward_model, prompts, texts)
+    report = _report(sides, agree, reward, batched, speed_batch_size=speed_batch_size, prompts=len(prompts),
+                     speed_prompts=speed_prompts, max_new_tokens=max_new_tokens)  # fmt: skip
     if trimmed_dir:
         report["trimmed_vocab"] = _trimmed(
             trimmed_dir, teacher_model, tokenizer, prompts, teacher_answers, student_texts=texts["student"],
@@ -308,11 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import yaml
 
-    # The run's resolved config as a plain mapping: reading it through rlhf.distill.DistillConfig would make this
+    # The run's resolved config as a plain mapping: reading it through rlhf.distill.DistillArgs would make this
     # module import the command that imports it. Keys a run did not record fall back to build_report's defaults.
     cfg = yaml.safe_load((Path(args.student) / "config.yaml").read_text()) or {}
     measure = {k: cfg[k] for k in ("max_new_tokens", "speed_prompts", "speed_batch_size") if cfg.get(k) is not None}
-    teacher = args.teacher or cfg.get("teacher") or cfg.get("model")  # DistillConfig: --teacher defaults to --model
+    teacher = args.teacher or cfg.get("teacher") or cfg.get("model")  # DistillArgs: --teacher defaults to --model
     if not teacher:
         p.error(f"{args.student}/config.yaml names no teacher: pass --teacher")
     rows = [json.loads(x) for x in (Path(args.student) / "teacher_answers.jsonl").read_text().splitlines()]

@@ -22,14 +22,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from rlhf.common import BaseConfig, PackingConfig, ResumeConfig, load_data, metrics_callback, row_tokens, trl_args
+from rlhf.common import BaseArgs, PackingArgs, ResumeArgs, load_data, metrics_callback, row_tokens, trl_args
 from rlhf.skeleton import TrainerRun
 
 LOSS_TYPES = ["sigmoid", "ipo", "sigmoid_norm"]
 
 
 @dataclass
-class DPOArgs(ResumeConfig, PackingConfig, BaseConfig):
+class DPOArgs(ResumeArgs, PackingArgs, BaseArgs):
     """Direct preference optimisation of a policy on preference pairs (TRL DPOTrainer)."""
 
     trl_config_class: ClassVar[str] = "trl.DPOConfig"  # its other fields are options too (rlhf/config.py)

@@ -24,7 +24,7 @@ Messages = list[dict[str, str]]
 
 
 @dataclass
-class EvalConfig:
+class EvalArgs:
     """Reward-model win rate of a policy over a reference on held-out prompts, length-controlled."""
 
     policy: str | None = field(
@@ -117,13 +117,12 @@ def summarize(
 # -- generation, scoring, outputs ---------------------------------------------------------------------------------
 
 
-def answers(model_name: str, prompts: list[Messages], cfg: EvalConfig, device: str) -> list[str]:
+def answers(model_name: str, prompts: list[Messages], cfg: EvalArgs, device: str) -> list[str]:
     """Decoded answers of one model (chat template, batched, special tokens stripped)."""
     import torch
 
-    from rlhf.distill import generate
     from rlhf.models import load_causal_lm, load_tokenizer
-    from rlhf.reward import response_text
+    from rlhf.sampling import generate, response_text
 
     tok = load_tokenizer(model_name)
     model = load_causal_lm(model_name, dtype="float32" if device == "cpu" else "auto", device=device)
@@ -203,7 +202,7 @@ def heldout_prompts(path: str) -> str:
     return path
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+def evaluate(cfg: EvalArgs) -> dict[str, Any]:
     import torch
 
     from rlhf.data import load_prompts
@@ -243,7 +242,7 @@ def write_outputs(out: Path, summary: dict[str, Any], examples: list[dict[str, A
 
 def main(argv: list[str] | None = None) -> int:
 
-    cfg = parse_config(EvalConfig, argv, prog="train.py evaluate")
+    cfg = parse_config(EvalArgs, argv, prog="train.py evaluate")
     missing = [f"--{n.replace('_', '-')}" for n in ("policy", "reward_model", "prompts") if not getattr(cfg, n)]
     if missing:
         raise SystemExit(f"error: evaluate needs {', '.join(missing)}")

@@ -4,8 +4,8 @@ It lives in rlhf/ because it loads models: the labeling app and the data layer (
 
 Each prompt gets N samples per model, the k-th drawn with the k-th (temperature, top_p) pair of a grid, so a
 pool holds candidates of different quality and style from the same model. Every response's settings go into
-its `meta`, so the audit can later relate preferences to how a candidate was made. Prompts are batched with
-left padding (decoder-only models continue from the right edge) and rendered with the model's chat template.
+its `meta`, so the audit can later relate preferences to how a candidate was made. Sampling is the project's one
+generation loop (rlhf.sampling.generate: chat template, left-padded batches).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import re
 import sys
 from typing import Any
 
+from annotate.errors import UsageError
 from annotate.pool import read_prompts
 from annotate.schema import SchemaError, as_messages, prompt_id_for
 
@@ -42,16 +43,8 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise SchemaError(f"--device: expected cpu, cuda or auto, got {device!r}")
+        raise UsageError(f"--device: expected cpu, cuda or auto, got {device!r}")
     return device
-
-
-def _render(tokenizer, messages: list[dict[str, str]]) -> str:
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    # No template (e.g. a base model): a plain transcript that ends where the answer should start.
-    turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-    return "\n".join(turns) + "\nAssistant:"
 
 
 def _with_id(p: dict[str, Any]) -> dict[str, Any]:
@@ -59,31 +52,83 @@ def _with_id(p: dict[str, Any]) -> dict[str, Any]:
     return {"prompt_id": p.get("prompt_id") or prompt_id_for(messages), "prompt": messages}
 
 
-def _generate_batch(model, tokenizer, texts: list[str], *, temperature: float, top_p: float, max_new_tokens: int):
-    """Sample one continuation per text; returns [(response, n_tokens, finished_with_eos)]."""
+def _response_slugs(sources: list[str]) -> list[str]:
+    """Short model names for response ids; two models with the same short name (e.g. two "checkpoint" dirs) still
+    get distinct ones."""
+    slugs = [_slug(s) for s in sources]
+    return [s if slugs.count(s) == 1 else f"{s}{i}" for i, s in enumerate(slugs)]
+
+
+def _check_counts(n: int, batch_size: int) -> None:
+    if n < 1:
+        raise UsageError(f"--n: expected at least 1, got {n}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size: expected at least 1, got {batch_size}")
+
+
+def _pool_row(p: dict[str, Any], ids: list[int], tokenizer, *, source: str, slug: str, k: int, settings: dict) -> dict:
+    """One pool row from a sampled answer (ids end with EOS when the model finished); its settings go in `meta`."""
+    from rlhf.sampling import response_text
+
+    finished = bool(ids) and ids[-1] == tokenizer.eos_token_id  # False: cut at max_new_tokens
+    meta = {
+        "kind": "model_sample",
+        "model": source,
+        "sample_index": k,
+        "do_sample": True,
+        **settings,
+        "new_tokens": len(ids) - finished,
+        "finished": finished,
+        "chat_template": bool(tokenizer.chat_template),
+    }
+    return {
+        "prompt_id": p["prompt_id"],
+        "prompt": p["prompt"],
+        "response_id": f"{p['prompt_id']}-{slug}-{k}",
+        "response": response_text(tokenizer, ids),
+        "source": source,
+        "meta": json.dumps(meta, sort_keys=True),
+    }
+
+
+def _sample_model(
+    model_name: str | None,
+    prompts: list[dict[str, Any]],
+    n: int,
+    *,
+    source: str,
+    slug: str,
+    sampling: list[tuple[float, float]],
+    device: str,
+    batch_size: int,
+    max_new_tokens: int,
+    seed: int,
+    bar: Any,
+) -> list[dict[str, Any]]:
+    """`n` rows per prompt from one model, sample k at sampling[k % len(sampling)] (empty responses included)."""
     import torch
 
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    with torch.inference_mode():
-        out = model.generate(
-            **enc,
-            do_sample=True,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=0,  # top_p alone decides the nucleus; transformers otherwise adds top_k=50
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    new = out[:, enc["input_ids"].shape[1] :]  # (B, T_new): left padding puts every prompt's end at one column
-    results = []
-    for row in new.tolist():
-        finished = tokenizer.eos_token_id in row
-        if finished:
-            row = row[: row.index(tokenizer.eos_token_id)]
-        text = tokenizer.decode(row, skip_special_tokens=True).strip()
-        results.append((text, len(row), finished))
-    return results
+    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.sampling import generate
+
+    tokenizer = load_tokenizer(model_name)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = load_causal_lm(model_name, dtype=dtype, device=device).eval()
+    rows = []
+    for k in range(n):
+        temperature, top_p = sampling[k % len(sampling)]
+        # Seeded per (sample, batch): a rerun with the same arguments gives the same pool.
+        answers = generate(
+            model, tokenizer, [p["prompt"] for p in prompts], max_new_tokens=max_new_tokens, batch_size=batch_size,
+            temperature=temperature, top_p=top_p, eos_token_id=tokenizer.eos_token_id, seed=seed + 1000 * k,
+            desc=None, on_batch=bar.update,
+        )  # fmt: skip
+        settings = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}
+        rows += [
+            _pool_row(p, ids, tokenizer, source=source, slug=slug, k=k, settings=settings)
+            for p, ids in zip(prompts, answers)
+        ]
+    return rows
 
 
 def generate_pool(
@@ -104,74 +149,25 @@ def generate_pool(
     annotate.schema.prompt_id_for's, the id an import of the same prompt gets. `models`: ids or paths (None = the
     bundled SmolLM2). Sample k uses sampling[k % len(sampling)]. Empty responses are dropped and reported on stderr.
     """
-    import torch
     from tqdm.auto import tqdm
 
-    from rlhf.models import load_causal_lm, load_tokenizer
-
-    if n < 1:
-        raise SchemaError(f"--n: expected at least 1, got {n}")
-    if batch_size < 1:
-        raise SchemaError(f"--batch-size: expected at least 1, got {batch_size}")
+    _check_counts(n, batch_size)
     prompts = [_with_id(p) for p in prompts]
-    sampling = sampling or DEFAULT_SAMPLING
     models = models or [None]
     device = resolve_device(device)
     sources = [_source_name(m) for m in models]
-    slugs = [_slug(s) for s in sources]
-    # Two models with the same short name (e.g. two "checkpoint" dirs) still get distinct response ids.
-    slugs = [s if slugs.count(s) == 1 else f"{s}{i}" for i, s in enumerate(slugs)]
-    batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
     rows: list[dict[str, Any]] = []
-    dropped = 0
     bar = tqdm(total=len(models) * n * len(prompts), desc="generate", unit="resp", disable=not progress)
-    for model_name, source, slug in zip(models, sources, slugs):
-        tokenizer = load_tokenizer(model_name)
-        tokenizer.padding_side = "left"
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        model = load_causal_lm(model_name, dtype=dtype, device=device).eval()
-        for k in range(n):
-            temperature, top_p = sampling[k % len(sampling)]
-            for b, batch in enumerate(batches):
-                # Seeded per (sample, batch): a rerun with the same arguments gives the same pool.
-                torch.manual_seed(seed + 1000 * k + b)
-                texts = [_render(tokenizer, p["prompt"]) for p in batch]
-                outs = _generate_batch(
-                    model, tokenizer, texts, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens
-                )
-                for p, (text, n_tokens, finished) in zip(batch, outs):
-                    if not text:
-                        dropped += 1
-                        continue
-                    meta = {
-                        "kind": "model_sample",
-                        "model": source,
-                        "sample_index": k,
-                        "do_sample": True,
-                        "temperature": temperature,
-                        "top_p": top_p,
-                        "max_new_tokens": max_new_tokens,
-                        "seed": seed,
-                        "new_tokens": n_tokens,
-                        "finished": finished,  # False: cut at max_new_tokens
-                        "chat_template": bool(tokenizer.chat_template),
-                    }
-                    rows.append(
-                        {
-                            "prompt_id": p["prompt_id"],
-                            "prompt": p["prompt"],
-                            "response_id": f"{p['prompt_id']}-{slug}-{k}",
-                            "response": text,
-                            "source": source,
-                            "meta": json.dumps(meta, sort_keys=True),
-                        }
-                    )
-                bar.update(len(batch))
-        del model
+    for model_name, source, slug in zip(models, sources, _response_slugs(sources)):
+        rows += _sample_model(
+            model_name, prompts, n, source=source, slug=slug, sampling=sampling or DEFAULT_SAMPLING, device=device,
+            batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, bar=bar,
+        )  # fmt: skip
     bar.close()
-    if dropped:
-        print(f"generate: dropped {dropped} empty responses", file=sys.stderr)
-    return rows
+    kept = [r for r in rows if r["response"]]
+    if len(kept) < len(rows):
+        print(f"generate: dropped {len(rows) - len(kept)} empty responses", file=sys.stderr)
+    return kept
 
 
 def _parse_sampling(value: str) -> tuple[float, float]:
@@ -213,16 +209,9 @@ def main(args: argparse.Namespace) -> int:
     from annotate.pool import write_pool
 
     prompts = read_prompts(args.prompts)
-    rows = generate_pool(
-        prompts,
-        args.model,
-        args.n,
-        sampling=args.sampling,
-        device=args.device,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-    )
+    # The flags of the same names are generate_pool's keyword arguments, passed as they are.
+    options = {k: getattr(args, k) for k in ("sampling", "device", "batch_size", "max_new_tokens", "seed")}
+    rows = generate_pool(prompts, args.model, args.n, **options)
     if not rows:
         raise SchemaError(f"{args.prompts}: every generated response was empty; nothing to write")
     out = write_pool(rows, args.out)

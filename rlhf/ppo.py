@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rlhf.common import BaseConfig, append_metrics, finish_rl_run, start_run, use_cuda
+from rlhf.common import BaseArgs, append_metrics, finish_rl_run, start_run, use_cuda
 from rlhf.config import parse_config
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ DEFAULT_LR = 3e-6  # when --learning-rate is unset
 
 
 @dataclass
-class PPOConfig(BaseConfig):
+class PPOArgs(BaseArgs):
     """PPO against a reward model (N+ implementation details, Huang et al. 2024)."""
 
     output_dir: str = field(default="runs/ppo", metadata={"help": "where the policy, config and metrics go"})
@@ -96,7 +96,7 @@ def _policy_and_value(policy, value_model):
     return PolicyAndValue()
 
 
-def load_models(cfg: PPOConfig, device) -> tuple[Any, Any, Any, Any, Any, Any]:
+def load_models(cfg: PPOArgs, device) -> tuple[Any, Any, Any, Any, Any, Any]:
     """(tokenizer, reward tokenizer, policy, reference, reward model, value model); reference and reward are frozen."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -151,36 +151,25 @@ def encode_prompts(prompts: list, tok, max_prompt_tokens: int, name: str) -> lis
     return kept
 
 
-def left_pad(batch: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad queries so generation continues from the right edge: input_ids, attention_mask (B, Lq)."""
-    import torch
-
-    width = max(len(x) for x in batch)
-    ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in batch])
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch])
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def _chunks(n: int, size: int):
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def sample(policy, queries: list[Query], cfg: PPOConfig, tok) -> dict[str, torch.Tensor]:
+def sample(policy, queries: list[Query], cfg: PPOArgs, tok) -> dict[str, torch.Tensor]:
     """Sampled responses (B, T), padded after their first EOS (N+ detail), with the left-padded queries (B, Lq)."""
     import torch
 
     from rlhf import ppo_core as core
+    from rlhf.sampling import left_pad, sample_ids
 
     device = next(policy.parameters()).device
     padded = left_pad([x.ids for x in queries], tok.pad_token_id)
     q, qmask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
-    with torch.no_grad():
-        seqs = policy.generate(
-            input_ids=q, attention_mask=qmask, max_new_tokens=cfg.response_length, do_sample=True,
-            temperature=cfg.temperature, top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )  # fmt: skip
-    responses = seqs[:, q.shape[1] :]  # (B, T)
+    # (B, T), from the project's one generation call on PPO's own query ids: --temperature, no top-k/top-p.
+    responses = sample_ids(
+        policy, tok, q, qmask, max_new_tokens=cfg.response_length, temperature=cfg.temperature,
+        eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
     mask, last, has_eos = core.response_mask(responses, tok.eos_token_id)  # N+: truncate after first EOS
     responses = torch.where(mask.bool(), responses, tok.pad_token_id)
     return {"queries": q, "query_mask": qmask, "responses": responses, "mask": mask, "last": last, "has_eos": has_eos}
@@ -191,13 +180,14 @@ def score_responses(reward, reward_tok, tok, messages: list, responses: torch.Te
     (prompt, text) by rlhf.reward.score, as reward evaluation, RLOO and `evaluate` score answers."""
     import torch
 
-    from rlhf.reward import response_text, score
+    from rlhf.reward import score
+    from rlhf.sampling import response_text
 
     texts = [response_text(tok, r) for r in responses]
     return torch.tensor(score(reward, reward_tok, messages, texts, batch_size), device=responses.device)
 
 
-def rollout(model, ref, reward, reward_tok, queries: list[Query], cfg: PPOConfig, tok) -> dict[str, torch.Tensor]:
+def rollout(model, ref, reward, reward_tok, queries: list[Query], cfg: PPOArgs, tok) -> dict[str, torch.Tensor]:
     """Sample responses and everything PPO needs about them, without gradients. Tensors over the T response tokens."""
     import torch
 
@@ -232,7 +222,7 @@ def rollout(model, ref, reward, reward_tok, queries: list[Query], cfg: PPOConfig
     return out
 
 
-def reward_shift(accelerator, ref, reward, reward_tok, queries: list[Query], cfg: PPOConfig, tok) -> float:
+def reward_shift(accelerator, ref, reward, reward_tok, queries: list[Query], cfg: PPOArgs, tok) -> float:
     """Mean score of the reference policy's samples on up to --reward-norm-prompts training prompts, computed once
     before training and subtracted from every rollout score, so a response as good as the reference's scores ~0.
 
@@ -258,7 +248,7 @@ def reward_shift(accelerator, ref, reward, reward_tok, queries: list[Query], cfg
 
 
 def advantages(
-    batch: dict[str, torch.Tensor], cfg: PPOConfig, kl_coef: float, shift: float = 0.0
+    batch: dict[str, torch.Tensor], cfg: PPOArgs, kl_coef: float, shift: float = 0.0
 ) -> dict[str, torch.Tensor]:
     """Scores -> shifted (reward_shift), EOS-penalised, KL-penalised per-token rewards -> GAE advantages (whitened)
     and value targets."""
@@ -274,7 +264,7 @@ def advantages(
     return {"advantages": core.whiten(adv, mask), "returns": returns, "kl": kl, "penalised_scores": scores}
 
 
-def ppo_update(accelerator, model, optimizer, batch: dict, cfg: PPOConfig) -> dict[str, float]:
+def ppo_update(accelerator, model, optimizer, batch: dict, cfg: PPOArgs) -> dict[str, float]:
     """num_ppo_epochs passes of clipped PPO updates: each pass splits the rollouts into num_mini_batches mini-batches,
     one optimizer step each, each computed in gradient_accumulation_steps micro-batches.
 
@@ -322,7 +312,7 @@ def ppo_update(accelerator, model, optimizer, batch: dict, cfg: PPOConfig) -> di
     return {k: sum(v) / len(v) for k, v in stats.items()}
 
 
-def heldout(model, ref, reward, reward_tok, prompts: list[Query], cfg: PPOConfig, tok) -> dict[str, float]:
+def heldout(model, ref, reward, reward_tok, prompts: list[Query], cfg: PPOArgs, tok) -> dict[str, float]:
     """Mean reward-model score (unshifted: the number `evaluate` gives), KL to the reference (nats per response) and
     length on held-out prompts. Sampled as in training, from a fixed seed, so before and after are comparable."""
     import torch
@@ -364,7 +354,7 @@ def _step_metrics(accelerator, batch: dict, adv: dict, losses: dict, kl_coef: fl
     return {**out, **losses, "kl_coef": kl_coef}
 
 
-def make_accelerator(cfg: PPOConfig):
+def make_accelerator(cfg: PPOArgs):
     """An Accelerator for this device (bf16 where supported) with --report-to wired to its trackers.
 
     Gradient accumulation is ppo_update's (exact, per mini-batch), not accelerate's: it would divide every loss by a
@@ -387,7 +377,7 @@ def make_accelerator(cfg: PPOConfig):
     return accelerator
 
 
-def make_optimizer(cfg: PPOConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: PPOArgs, model: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW, eps 1e-5 (N+ detail), at --learning-rate (0 is a rate: the default applies only when it is unset), with
     --weight-decay on every weight but biases and norms, the split transformers' Trainer.get_decay_parameter_names
     makes (decoupled weight decay, Loshchilov & Hutter 2019)."""
@@ -406,7 +396,7 @@ def make_optimizer(cfg: PPOConfig, model: torch.nn.Module) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=lr, eps=1e-5)
 
 
-def prompt_ids(cfg: PPOConfig, tok) -> tuple[list[Query], list[Query]]:
+def prompt_ids(cfg: PPOArgs, tok) -> tuple[list[Query], list[Query]]:
     """(train, held-out) prompts; prompts that leave no room for --response-length are dropped."""
     from rlhf.data import heldout_path, load_prompts, split_prompts
 
@@ -426,7 +416,7 @@ def save_checkpoint(out_dir: Path, step: int, model, tok) -> Path:
     return path
 
 
-def train(cfg: PPOConfig, out_dir: Path) -> dict[str, Any]:
+def train(cfg: PPOArgs, out_dir: Path) -> dict[str, Any]:
     import torch
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -498,7 +488,7 @@ def train(cfg: PPOConfig, out_dir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
 
-    cfg = parse_config(PPOConfig, argv, prog="train.py ppo")
+    cfg = parse_config(PPOArgs, argv, prog="train.py ppo")
     if not cfg.reward_model:
         raise SystemExit("error: --reward-model is required (train one with `rlhf/train.py reward`)")
     out = start_run(cfg)

@@ -7,8 +7,10 @@ correlation of reward with response length (the verbosity check: a reward that m
 `--length-debias` counters raters' taste for length in the training pairs: `resample` balances, within bins of
 length difference, pairs where the chosen response is the longer with pairs where it is the shorter; `joint`
 fits a length term with the reward and drops it at inference (see LengthDebiasTrainer).
-`score()` is the one way the rest of the project (ppo, rloo, evaluate, active sampling, audit) asks a reward model
-for numbers: the chat-templated conversation, read at its last token, batched by length.
+`score()` is the one way the project asks a reward model for numbers (the chat-templated conversation, read at its
+last token, batched by length): this command's held-out report, ppo (rollouts, through ppo.score_responses), rloo
+(TRL's reward function, `reward_function` here), evaluate, the distillation report, and the app's active sampling
+(`score_pool`, wired in by app.py). The audit scores no model: it reads the votes alone.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rlhf.common import (
-    BaseConfig,
-    PackingConfig,
-    ResumeConfig,
+    BaseArgs,
+    PackingArgs,
+    ResumeArgs,
     is_main_process,
     load_data,
     metrics_callback,
     row_tokens,
     trl_args,
 )
+from rlhf.sampling import response_text  # sampled ids -> the text scored (also importable from here)
 from rlhf.skeleton import TrainerRun
 
 if TYPE_CHECKING:
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class RewardArgs(ResumeConfig, PackingConfig, BaseConfig):
+class RewardArgs(ResumeArgs, PackingArgs, BaseArgs):
     """Train a reward model on preference pairs (TRL RewardTrainer)."""
 
     trl_config_class: ClassVar[str] = "trl.RewardConfig"  # its other fields are options too (rlhf/config.py)
@@ -96,17 +99,6 @@ def conversation_ids(
 
     messages = as_messages(prompt) + [{"role": "assistant", "content": response}]
     return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
-
-
-def response_text(tokenizer: PreTrainedTokenizerBase, ids: list[int] | torch.Tensor) -> str:
-    """A sampled response as the text the reward model scores: cut at the first EOS, special tokens dropped, stripped.
-
-    PPO rollouts, RLOO completions and `evaluate` answers all go through this, so the same ids give the same text.
-    """
-    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-    if tokenizer.eos_token_id in ids:
-        ids = ids[: ids.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 def length_batches(lengths: list[int], max_rows: int, max_padding: float = 0.1) -> list[list[int]]:

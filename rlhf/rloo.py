@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from rlhf.common import BaseConfig, finish_rl_run, metrics_callback, start_run, trl_args, use_cuda
+from rlhf.common import BaseArgs, finish_rl_run, metrics_callback, start_run, trl_args, use_cuda
 from rlhf.config import parse_config
 
 
 @dataclass
-class RLOOArgs(BaseConfig):
+class RLOOArgs(BaseArgs):
     """RLOO against a reward model (TRL RLOOTrainer)."""
 
     trl_config_class: ClassVar[str] = "trl.RLOOConfig"  # its other fields are options too (rlhf/config.py)
@@ -61,7 +61,7 @@ def train(cfg: RLOOArgs) -> dict[str, Any]:
 
     from rlhf.data import heldout_path, load_prompts, split_prompts
     from rlhf.models import load_tokenizer, resolve_model
-    from rlhf.ppo import PPOConfig, _policy_and_value, encode_prompts, heldout
+    from rlhf.ppo import PPOArgs, _policy_and_value, encode_prompts, heldout
     from rlhf.reward import load_reward_model, reward_function
 
     device = "cuda" if use_cuda(cfg) else "cpu"
@@ -79,7 +79,7 @@ def train(cfg: RLOOArgs) -> dict[str, Any]:
     test_q = encode_prompts(test_p, tok, limit, "held-out")[: cfg.eval_prompts]
 
     # Held-out numbers come from PPO's sampler, so PPO and RLOO runs compare like for like.
-    ev = PPOConfig(response_length=cfg.response_length, temperature=cfg.temperature, seed=cfg.seed)
+    ev = PPOArgs(response_length=cfg.response_length, temperature=cfg.temperature, seed=cfg.seed)
     path = resolve_model(cfg.model)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval().requires_grad_(False)
 

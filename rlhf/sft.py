@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from rlhf.common import BaseConfig, ResumeConfig, load_data, metrics_callback, trl_args
+from rlhf.common import BaseArgs, ResumeArgs, load_data, metrics_callback, trl_args
 from rlhf.skeleton import TrainerRun
 
 
 @dataclass
-class SFTArgs(ResumeConfig, BaseConfig):
+class SFTArgs(ResumeArgs, BaseArgs):
     """Supervised fine-tuning on the chosen response of each pair (TRL SFTTrainer)."""
 
     trl_config_class: ClassVar[str] = "trl.SFTConfig"  # its other fields are options too (rlhf/config.py)

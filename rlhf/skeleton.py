@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rlhf.common import BaseConfig, resume_checkpoint, start_run, write_eval, write_model_card
+from rlhf.common import BaseArgs, resume_checkpoint, start_run, write_eval, write_model_card
 from rlhf.config import parse_config
 
 
@@ -28,9 +28,9 @@ class TrainerRun:
     """One run of a trainer command: `run()` is the skeleton, the other methods are the command's parts."""
 
     command: str = ""  # as typed after rlhf/train.py
-    config_class: type[BaseConfig] = BaseConfig
+    config_class: type[BaseArgs] = BaseArgs
 
-    def __init__(self, cfg: BaseConfig) -> None:
+    def __init__(self, cfg: BaseArgs) -> None:
         self.cfg = cfg
         self.trainer: Any = None
         self.info: dict[str, Any] = {}  # what load_data reports: pairs and tokens per split, the plan

@@ -1,7 +1,8 @@
 """`python rlhf/train.py COMMAND ...`: train and evaluate on collected comparisons.
 
 Each command is a module exposing `main(argv) -> int`, imported only when it runs (so --help is instant).
-Flags come from that module's config dataclass, optionally seeded from `--config recipes/NAME.yaml`.
+Flags come from that module's `*Args` dataclass, optionally seeded from `--config recipes/NAME.yaml`. Bad data
+(SchemaError) and command-line mistakes (UsageError) end as one `error: ...` line with exit code 2.
 """
 
 from __future__ import annotations
@@ -43,12 +44,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         module = importlib.import_module(COMMANDS[argv[0]][0])
-        run = getattr(module, f"main_{argv[0]}", module.main)
+        run = getattr(module, f"main_{argv[0]}", None) or module.main  # `main_push`: rlhf.hub has no plain main
         return int(run(argv[1:]) or 0)
     except ImportError as e:
         # rlhf.trl_compat's CompatError is one line naming the TRL/transformers version to install: print it, not a
         # traceback. Matched by module, since importing the class here would import TRL for every command.
         if type(e).__module__ != "rlhf.trl_compat":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        # Bad data (annotate.schema.SchemaError) and command-line mistakes (annotate.errors.UsageError): one line,
+        # exit 2, as `python -m annotate` reports them. Any other ValueError is a bug and keeps its traceback.
+        from annotate.errors import UsageError
+        from annotate.schema import SchemaError
+
+        if not isinstance(e, SchemaError | UsageError):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

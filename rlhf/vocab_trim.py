@@ -12,8 +12,10 @@ reference corpus actually uses, plus everything needed to still encode *any* tex
 
 The result is a standard checkpoint: a smaller embedding (rows in the old id order, so the special tokens keep
 their ids) and a standard fast tokenizer whose vocabulary and merges are the kept subset. Text outside the corpus
-still encodes (into smaller pieces), but the model can no longer *emit* a dropped token: that is the cost, and
-`trim_report` measures it on held-out text.
+still encodes (into smaller pieces), but the model can no longer *emit* a dropped token: that is the cost, and the
+distillation report measures it on held-out prompts (rlhf.distill_report, its `trimmed_vocab` section: the share of
+the teacher's held-out tokens the trimmed student cannot emit, and how often its answer equals the untrimmed one's).
+`trim` writes the trimmed checkpoint; `distill --trim-vocab` calls it through rlhf.distill_models.trim_student.
 """
 
 from __future__ import annotations

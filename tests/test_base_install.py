@@ -75,14 +75,14 @@ def base_env(tmp_path_factory) -> dict[str, str]:
             "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PREFKIT_RLHF_LOG_DIR": str(site)}  # fmt: skip
 
 
-def run(env: dict[str, str], *args: str, rlhf_ok: bool = False) -> subprocess.CompletedProcess:
-    """Run `python ARGS` under the blocker; it must succeed and, unless `rlhf_ok`, load no rlhf module."""
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """Run `python ARGS` under the blocker; it must succeed and load no rlhf module."""
     log = Path(env["PREFKIT_RLHF_LOG_DIR"]) / "rlhf-modules.txt"
     log.unlink(missing_ok=True)
     env = {**env, "PREFKIT_RLHF_LOG": str(log)}
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
-    assert rlhf_ok or log.read_text() == "", f"{' '.join(args)} loaded rlhf modules: {log.read_text()}"
+    assert log.read_text() == "", f"{' '.join(args)} loaded rlhf modules: {log.read_text()}"
     return proc
 
 
@@ -117,8 +117,8 @@ def test_the_blocker_blocks(base_env):
 
 def test_app_help_and_data_commands_run_without_the_training_stack(base_env, tmp_path):
     assert "--pool" in run(base_env, "app.py", "--help").stdout
-    # The full command list imports every command module, rlhf's `generate` and `push` too: they must load.
-    assert "audit" in run(base_env, "-m", "annotate", "--help", rlhf_ok=True).stdout
+    # The command list imports no command module, so not rlhf's `generate` either.
+    assert "push" in run(base_env, "-m", "annotate", "--help").stdout
     store, src = str(tmp_path / "store"), str(hh_file(tmp_path))
     for who in ("hh-a", "hh-b"):  # two annotators, so the audit's agreement statistics run too
         run(base_env, "-m", "annotate", "import", src, "--format", "hh", "--store", store, "--annotator", who)
@@ -137,9 +137,10 @@ def test_app_help_and_data_commands_run_without_the_training_stack(base_env, tmp
     assert json.loads(out.read_text())["summary"]["votes"] == votes
     assert (tmp_path / "audit.html").stat().st_size > 0
 
-    # Publishing still lives in rlhf/hub.py (issue 13 moves it to annotate/): it must run on the base install too.
+    # Dataset publishing (annotate/hub.py) runs on the base install, without rlhf/.
+    assert "--repo-id" in run(base_env, "-m", "annotate", "push", "--help").stdout
     run(base_env, "-m", "annotate", "push", "--store", store, "--repo-id", "me/prefs", "--dry-run",
-        str(tmp_path / "hub"), rlhf_ok=True)  # fmt: skip
+        str(tmp_path / "hub"))  # fmt: skip
     assert (tmp_path / "hub/README.md").exists()
 
 
@@ -170,3 +171,14 @@ def test_app_serves_its_json_api_without_the_training_stack(base_env, tmp_path, 
     rows = read_table(str(store)).to_pylist()
     assert [(r["annotator"], r["choice"] == r["left"]) for r in rows] == [("alice", True)]
     assert log.read_text() == ""  # the server ran under the blocker and loaded no rlhf module
+
+
+def test_a_datasets_folder_without_the_train_extra_is_one_line_exit_2(base_env, tmp_path):
+    """Reading a `datasets.save_to_disk` folder needs `datasets` (the train extra): one line naming it, exit 2."""
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    cmd = [sys.executable, "-m", "annotate", "import", str(folder), "--format", "trl", "--store", str(tmp_path / "s")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=base_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "prefkit[train]" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "s").exists()  # refused before anything was written

@@ -174,6 +174,31 @@ def test_expected_failures_exit_2_with_one_error_line(exc, monkeypatch, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_usage_errors_are_not_schema_errors_and_exit_2(populated_store, tmp_path, capsys):
+    from annotate.errors import UsageError
+    from annotate.schema import SchemaError
+
+    assert not issubclass(UsageError, SchemaError) and not issubclass(SchemaError, UsageError)
+    assert main(["export", "--store", str(populated_store), "--out", str(tmp_path / "o.parquet"), "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --seed") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_missing_extra_is_a_usage_error_naming_it():
+    from annotate.errors import UsageError, require_extra
+
+    assert require_extra("json", "reading JSON").dumps([]) == "[]"
+    with pytest.raises(UsageError, match=r"x\.arrow: reading it needs the `prefkit_absent` package.*prefkit\[train\]"):
+        require_extra("prefkit_absent", "x.arrow: reading it")
+
+
+def test_the_command_list_imports_no_command_module():
+    code = "import sys; from annotate.__main__ import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+    code += "print(sorted(m for m in sys.modules if m.startswith(('rlhf', 'annotate.importers', 'annotate.hub'))))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "push" in r.stdout and r.stdout.strip().endswith("[]"), r.stderr
+
+
 def test_a_bug_still_shows_its_traceback(monkeypatch):
     import annotate.importers
 

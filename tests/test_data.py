@@ -9,19 +9,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fixtures import arithmetic_tokenizer, synthetic_arithmetic, write_synthetic_export
 
 from annotate.schema import SchemaError
-from rlhf.data import (
-    arithmetic_tokenizer,
-    describe,
-    drop_long,
-    load_preferences,
-    load_splits,
-    prepare,
-    split_by_prompt,
-    synthetic_arithmetic,
-    write_synthetic_export,
-)
+from rlhf.data import describe, drop_long, load_preferences, load_splits, prepare, split_by_prompt
 
 HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless-sample.jsonl.gz"
 

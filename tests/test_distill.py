@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from annotate.schema import SchemaError
-from rlhf.distill import DistillConfig, distill, keep_indices
+from annotate.errors import UsageError
+from rlhf.distill import DistillArgs, distill, keep_indices
 from rlhf.distill_report import KEPT_TARGET
 
 
@@ -16,10 +16,8 @@ from rlhf.distill_report import KEPT_TARGET
 def models(tmp_path_factory):
     """A 4-layer teacher, a reward model and a prompts file, all around a ~116-token word-level tokenizer."""
     import torch
+    from fixtures import arithmetic_tokenizer, save_tiny_model, tiny_config
     from transformers import AutoModelForSequenceClassification
-
-    from rlhf.data import arithmetic_tokenizer
-    from rlhf.models import save_tiny_model, tiny_config
 
     root = tmp_path_factory.mktemp("distill")
     tok = arithmetic_tokenizer()
@@ -41,11 +39,11 @@ def test_keep_indices_keeps_first_and_last_evenly():
     assert len(keep_indices(30, 15)) == 15
     assert keep_indices(4, 2) == [0, 3]
     assert keep_indices(5, 3) == [0, 2, 4]
-    with pytest.raises(SchemaError, match="student-layers"):
+    with pytest.raises(UsageError, match="student-layers"):
         keep_indices(4, 5)
 
 
-def _cfg(models, out, **kw) -> DistillConfig:
+def _cfg(models, out, **kw) -> DistillArgs:
     base = dict(
         teacher=models["teacher"],
         output_dir=str(out),
@@ -62,7 +60,7 @@ def _cfg(models, out, **kw) -> DistillConfig:
         speed_prompts=4,
         speed_batch_size=2,
     )
-    return DistillConfig(**{**base, **kw})
+    return DistillArgs(**{**base, **kw})
 
 
 @pytest.mark.slow
@@ -112,8 +110,7 @@ def test_token_distillation_reduces_divergence_and_writes_complete_report(models
 @pytest.mark.slow
 def test_sequence_distillation_from_a_given_student(models, tmp_path):
     """--method sequence (SFT on teacher answers) with a separate student that shares the tokenizer."""
-    from rlhf.data import arithmetic_tokenizer
-    from rlhf.models import save_tiny_model
+    from fixtures import arithmetic_tokenizer, save_tiny_model
 
     student = save_tiny_model(tmp_path / "init", arithmetic_tokenizer(), layers=2, hidden=32, seed=3)
     out = tmp_path / "seq"
@@ -123,11 +120,13 @@ def test_sequence_distillation_from_a_given_student(models, tmp_path):
 
 
 def test_bad_input_is_reported(models, tmp_path):
-    with pytest.raises(SchemaError, match="exactly one of"):
+    with pytest.raises(UsageError, match="exactly one of"):
         distill(_cfg(models, tmp_path / "x", student=models["teacher"], student_layers=2))
     other = tmp_path / "other"
-    from rlhf.models import load_tokenizer, save_tiny_model
+    from fixtures import save_tiny_model
+
+    from rlhf.models import load_tokenizer
 
     save_tiny_model(other, load_tokenizer(None), layers=1, hidden=16)
-    with pytest.raises(SchemaError, match="tokenizer differs"):
+    with pytest.raises(UsageError, match="tokenizer differs"):
         distill(_cfg(models, tmp_path / "y", student=str(other), student_layers=None))

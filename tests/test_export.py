@@ -199,10 +199,11 @@ def test_real_hh_export_trains_in_trl_reward_and_dpo(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import datasets
     import torch
+    from fixtures import save_tiny_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
-    from rlhf.models import load_tokenizer, save_tiny_model
+    from rlhf.models import load_tokenizer
 
     _, out = _hh_export(tmp_path)
     ds = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "c"))
@@ -291,8 +292,8 @@ def test_export_names_the_store_version_it_read_and_rereads_it(tmp_path, capsys)
     ],
 )
 def test_bad_options_are_refused_before_anything_is_read_or_written(voted_store, tmp_path, kw, message):
-    from annotate.schema import SchemaError
+    from annotate.errors import UsageError
 
-    with pytest.raises(SchemaError, match=message):
+    with pytest.raises(UsageError, match=message):
         export(str(voted_store[0]), tmp_path / "o.parquet", **kw)
     assert not (tmp_path / "o.parquet").exists()

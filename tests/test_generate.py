@@ -18,7 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     """Two tiny Llama models around the SmolLM2 tokenizer (it has the chat template), different seeds."""
-    from rlhf.models import load_tokenizer, save_tiny_model
+    from fixtures import save_tiny_model
+
+    from rlhf.models import load_tokenizer
 
     tok = load_tokenizer(None)
     root = tmp_path_factory.mktemp("models")

@@ -13,7 +13,7 @@ from huggingface_hub import DatasetCard, ModelCard
 from annotate.__main__ import main as annotate_main
 from annotate.schema import new_comparison
 from annotate.store import ComparisonStore
-from rlhf.hub import main_push
+from rlhf.train import main as train_main
 
 PROMPT = [{"role": "user", "content": "Explain {}."}]
 
@@ -96,19 +96,19 @@ def test_dataset_dry_run_loads_back_with_a_valid_card(store, tmp_path, no_networ
 
 def _run_dir(tmp_path):
     """A real distillation run (tiny models) whose teacher is itself a run of the bundled default model."""
-    from rlhf.common import BaseConfig
+    from fixtures import arithmetic_tokenizer, save_tiny_model
+
+    from rlhf.common import BaseArgs
     from rlhf.config import save_config
-    from rlhf.data import arithmetic_tokenizer
-    from rlhf.distill import DistillConfig, distill
-    from rlhf.models import save_tiny_model
+    from rlhf.distill import DistillArgs, distill
 
     teacher = tmp_path / "teacher"
     save_tiny_model(teacher, arithmetic_tokenizer(), layers=2, hidden=32)
-    save_config(BaseConfig(model="default", data="prefs.parquet", output_dir=str(teacher)), teacher / "config.yaml")
+    save_config(BaseArgs(model="default", data="prefs.parquet", output_dir=str(teacher)), teacher / "config.yaml")
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"What is {i} + 1 ?"}) + "\n" for i in range(12)))
     out = tmp_path / "run"
-    cfg = DistillConfig(teacher=str(teacher), output_dir=str(out), prompts=str(prompts), student_layers=1,
+    cfg = DistillArgs(teacher=str(teacher), output_dir=str(out), prompts=str(prompts), student_layers=1,
                         eval_prompts=4, max_new_tokens=6, max_steps=2, device="cpu", speed_prompts=2)  # fmt: skip
     distill(cfg)
     return out
@@ -117,8 +117,8 @@ def _run_dir(tmp_path):
 def test_model_dry_run_folder_and_card(tmp_path, no_network):
     run = _run_dir(tmp_path)
     out = tmp_path / "model"
-    rc = main_push(["--model-dir", str(run), "--repo-id", "me/student", "--dry-run", str(out),
-                    "--data-repo", "me/prefs", "--data-revision", "abc123"])  # fmt: skip
+    rc = train_main(["push", "--model-dir", str(run), "--repo-id", "me/student", "--dry-run", str(out),
+                     "--data-repo", "me/prefs", "--data-revision", "abc123"])  # fmt: skip
     assert rc == 0
     card = ModelCard.load(out / "README.md")
     meta = card.data.to_dict()
@@ -126,7 +126,7 @@ def test_model_dry_run_folder_and_card(tmp_path, no_network):
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
     assert meta["license"] == "apache-2.0" and "distill" in meta["tags"] and meta["datasets"] == ["me/prefs"]
     body = card.text
-    assert "revision `abc123`" in body and "| student_layers | 1 |" in body
+    assert "revision `abc123`" in body and "student_layers: 1" in body
     assert "generation speed-up" in body and "Where the student falls short" in body and "verbos" in body.lower()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -146,7 +146,7 @@ def test_missing_token_exits_2_before_any_work(tmp_path, monkeypatch, capsys):
     # The store and model dir do not exist: exit 2 must come from the token check, which runs first.
     assert annotate_main(["push", "--store", str(tmp_path / "nowhere"), "--repo-id", "me/prefs"]) == 2
     assert "no Hugging Face token" in capsys.readouterr().err
-    assert main_push(["--model-dir", str(tmp_path / "nothing"), "--repo-id", "me/m"]) == 2
+    assert train_main(["push", "--model-dir", str(tmp_path / "nothing"), "--repo-id", "me/m"]) == 2
     assert "no Hugging Face token" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fixtures import arithmetic_tokenizer, save_tiny_model, synthetic_arithmetic
 
 from rlhf import train
-from rlhf.data import arithmetic_tokenizer, synthetic_arithmetic
-from rlhf.models import save_tiny_model
 
 pytestmark = pytest.mark.slow
 

@@ -7,11 +7,10 @@ import json
 
 import pytest
 import torch
+from fixtures import arithmetic_tokenizer, save_tiny_model, write_synthetic_export
 
 import rlhf.packing as pk
 from rlhf import train
-from rlhf.data import arithmetic_tokenizer, write_synthetic_export
-from rlhf.models import save_tiny_model
 from rlhf.packing import (
     PACKING_ARCHITECTURES,
     enable_packed_logprobs,

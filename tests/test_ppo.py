@@ -75,7 +75,7 @@ def test_ppo_requires_reward_model(toy, tmp_path):
 
 
 def test_ppo_rejects_reward_model_with_other_tokenizer(toy, tmp_path, monkeypatch):
-    from rlhf.data import arithmetic_tokenizer
+    from fixtures import arithmetic_tokenizer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     other = save_token_reward_model(tmp_path / "rm_other", arithmetic_tokenizer(max_number=50))
@@ -114,7 +114,7 @@ def test_reward_shift_centres_reference_samples_on_zero(models, tmp_path):
     # A reward model whose reference samples score well away from 0, so the shift has something to remove.
     rm_dir = save_token_reward_model(tmp_path / "rm", tok, target_words=("user", "What", "is", "+", "?"))
     rm = load_reward_model(rm_dir, tok)
-    cfg = ppo.PPOConfig(response_length=8, temperature=1.0, reward_norm_prompts=60, seed=0)
+    cfg = ppo.PPOArgs(response_length=8, temperature=1.0, reward_norm_prompts=60, seed=0)
     shift = ppo.reward_shift(Accelerator(cpu=True), ref, rm, tok, queries, cfg, tok)
     assert abs(shift) > 0.2
     # Fresh reference samples on the training prompts score ~0 once shifted, as N+ normalisation intends.
@@ -127,7 +127,7 @@ def test_reward_shift_centres_reference_samples_on_zero(models, tmp_path):
     adv = ppo.advantages(batch, cfg, 0.05, shift)
     expected = batch["scores"] - shift - cfg.missing_eos_penalty * (~batch["has_eos"]).float()
     assert adv["penalised_scores"].tolist() == pytest.approx(expected.tolist(), abs=1e-6)
-    assert ppo.reward_shift(None, ref, rm, tok, queries, ppo.PPOConfig(reward_norm_prompts=0), tok) == 0.0
+    assert ppo.reward_shift(None, ref, rm, tok, queries, ppo.PPOArgs(reward_norm_prompts=0), tok) == 0.0
 
 
 def test_gradient_accumulation_gives_the_same_update(models):
@@ -139,7 +139,7 @@ def test_gradient_accumulation_gives_the_same_update(models):
     from rlhf import ppo
 
     tok, model, queries = models["tok"], models["model"], models["queries"][:6]
-    cfg = ppo.PPOConfig(response_length=6, temperature=1.0, num_ppo_epochs=2, num_mini_batches=2)
+    cfg = ppo.PPOArgs(response_length=6, temperature=1.0, num_ppo_epochs=2, num_mini_batches=2)
     torch.manual_seed(0)
     batch = ppo.rollout(model.eval(), models["ref"], models["rm"], tok, queries, cfg, tok)
     adv = ppo.advantages(batch, cfg, 0.05)
@@ -172,14 +172,14 @@ def test_weight_decay_and_learning_rate_reach_the_optimizers(models):
     from rlhf.rloo import RLOOArgs, _trl_config
 
     model = models["model"]
-    opt = ppo.make_optimizer(ppo.PPOConfig(weight_decay=0.1, learning_rate=0.0), model)
+    opt = ppo.make_optimizer(ppo.PPOArgs(weight_decay=0.1, learning_rate=0.0), model)
     decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     assert decay_of[id(named["policy.model.layers.0.self_attn.q_proj.weight"])] == 0.1
     assert decay_of[id(named["value_model.score.weight"])] == 0.1
     assert decay_of[id(named["policy.model.norm.weight"])] == 0.0  # norms and biases never decay (as HF's Trainer)
     assert {g["lr"] for g in opt.param_groups} == {0.0}  # 0 is a learning rate, not "unset"
-    default = ppo.make_optimizer(ppo.PPOConfig(), model)
+    default = ppo.make_optimizer(ppo.PPOArgs(), model)
     assert {g["weight_decay"] for g in default.param_groups} == {0.0}  # HF/TRL's default, not AdamW's 0.01
     assert {g["lr"] for g in default.param_groups} == {ppo.DEFAULT_LR}
     assert trl_args(RewardArgs(weight_decay=0.1), RewardConfig).weight_decay == 0.1
@@ -193,7 +193,7 @@ def test_learning_rate_zero_leaves_weights_and_flags_are_wired(toy, tmp_path, mo
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlhf.ppo import PPOConfig, load_models
+    from rlhf.ppo import PPOArgs, load_models
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "ppo"
@@ -212,7 +212,7 @@ def test_learning_rate_zero_leaves_weights_and_flags_are_wired(toy, tmp_path, mo
     # the speed figures a user plans with: 2 steps x 8 rollouts over the time spent sampling them
     assert res["rollouts_per_s"] == pytest.approx(16 / res["rollout_s"]) and res["update_s"] > 0
     assert res["score"] == pytest.approx(res["score_before"], abs=1e-6)  # same policy, same seed, same samples
-    cfg = PPOConfig(model=toy["policy"], reward_model=toy["reward"], gradient_checkpointing=True)
+    cfg = PPOArgs(model=toy["policy"], reward_model=toy["reward"], gradient_checkpointing=True)
     _, _, policy, _, _, value = load_models(cfg, "cpu")
     for m in (policy, value):
         assert any(getattr(layer, "gradient_checkpointing", False) for layer in m.modules())

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from fixtures import arithmetic_tokenizer, save_tiny_model, write_synthetic_export
 
 from rlhf import train
-from rlhf.data import arithmetic_tokenizer, load_preferences, write_synthetic_export
-from rlhf.models import save_tiny_model
+from rlhf.data import load_preferences
 from rlhf.reward import score
 
 

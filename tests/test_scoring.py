@@ -39,9 +39,8 @@ def toy(tmp_path_factory):
 
 def random_reward_model(tok, seed: int = 0):
     """A tiny randomly initialised Llama reward model: every position matters (unlike the hand-built toy)."""
+    from fixtures import tiny_config
     from transformers import LlamaForSequenceClassification
-
-    from rlhf.models import tiny_config
 
     torch.manual_seed(seed)
     config = tiny_config(len(tok), layers=2, hidden=32, heads=2, num_labels=1)
@@ -53,14 +52,14 @@ def test_ppo_rloo_and_evaluate_score_like_score_when_pad_is_eos(toy):
     from transformers import AutoModelForCausalLM
 
     from rlhf import evaluate as ev
-    from rlhf.ppo import PPOConfig, _policy_and_value, encode_prompts, rollout, score_responses
+    from rlhf.ppo import PPOArgs, _policy_and_value, encode_prompts, rollout, score_responses
 
     tok = toy["tok"]
     rm = load_reward_model(toy["rm"], tok)
     policy = AutoModelForCausalLM.from_pretrained(toy["policy"])
     ref = AutoModelForCausalLM.from_pretrained(toy["policy"]).eval()
     model = _policy_and_value(policy, load_reward_model(toy["rm"], tok)).eval()
-    cfg = PPOConfig(response_length=8, temperature=1.0, forward_batch_size=3)
+    cfg = PPOArgs(response_length=8, temperature=1.0, forward_batch_size=3)
     queries = encode_prompts(PROMPTS * 2, tok, 10**9, "test")
     torch.manual_seed(0)
     out = rollout(model, ref, rm, tok, queries, cfg, tok)

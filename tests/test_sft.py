@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from fixtures import arithmetic_tokenizer, save_tiny_model, write_synthetic_export
+
 from rlhf import train
-from rlhf.data import arithmetic_tokenizer, write_synthetic_export
-from rlhf.models import save_tiny_model
 from rlhf.sft import to_prompt_completion
 
 
@@ -25,8 +25,7 @@ def test_sft_lowers_heldout_loss(tmp_path):
 
 def test_one_sft_row_per_prompt_and_chosen():
     from datasets import Dataset
-
-    from rlhf.data import synthetic_arithmetic
+    from fixtures import synthetic_arithmetic
 
     pairs = Dataset.from_list(synthetic_arithmetic(n_prompts=5, wrong_per_prompt=3))
     rows = to_prompt_completion(pairs)

@@ -11,20 +11,14 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fixtures import synthetic_arithmetic
 
 from annotate.export import export
 from annotate.export import split_by_prompt as export_split
 from annotate.schema import new_comparison, prompt_id_for
 from annotate.split import held_out, split_messages, split_score
 from annotate.store import ComparisonStore
-from rlhf.data import (
-    heldout_path,
-    load_preferences,
-    load_prompts,
-    load_splits,
-    split_prompts,
-    synthetic_arithmetic,
-)
+from rlhf.data import heldout_path, load_preferences, load_prompts, load_splits, split_prompts
 
 
 def key(messages: list[dict]) -> str:
@@ -180,12 +174,12 @@ DIALOGUE = [
 
 
 def test_the_same_prompt_gets_one_id_from_import_prompts_files_preferences_and_generate(tmp_path):
+    from fixtures import arithmetic_tokenizer, save_tiny_model
+
     from annotate import importers
     from annotate.pool import read_prompts
     from annotate.store import snapshot
-    from rlhf.data import arithmetic_tokenizer
     from rlhf.generate import generate_pool
-    from rlhf.models import save_tiny_model
 
     # Kept exactly as imports always made it: ids already in users' stores stay valid.
     legacy = "p-" + hashlib.sha1(json.dumps(DIALOGUE, ensure_ascii=False).encode()).hexdigest()[:16]

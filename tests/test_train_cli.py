@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fixtures import arithmetic_tokenizer, save_tiny_model, write_synthetic_export
 
 from rlhf import train
-from rlhf.data import arithmetic_tokenizer, write_synthetic_export
-from rlhf.models import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -80,8 +80,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_the_cli_prints_the_line_and_exits_2(tmp_path):
-    from rlhf.data import arithmetic_tokenizer, write_synthetic_export
-    from rlhf.models import save_tiny_model
+    from fixtures import arithmetic_tokenizer, save_tiny_model, write_synthetic_export
 
     model = save_tiny_model(tmp_path / "tiny", arithmetic_tokenizer(), layers=1, hidden=32, heads=2)
     data, _ = write_synthetic_export(tmp_path / "data", n_prompts=12, wrong_per_prompt=1)

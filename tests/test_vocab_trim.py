@@ -21,10 +21,9 @@ def pool_texts() -> list[str]:
 @pytest.fixture(scope="module")
 def bpe():
     """A GPT-2-style byte-level BPE (as SmolLM2's) with ChatML specials, trained on the demo pool's responses."""
+    from fixtures import arithmetic_tokenizer
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from rlhf.data import arithmetic_tokenizer
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -44,9 +43,8 @@ def bpe():
 
 @pytest.fixture(scope="module")
 def trimmed(bpe, tmp_path_factory):
+    from fixtures import tiny_config
     from transformers import AutoModelForCausalLM
-
-    from rlhf.models import tiny_config
 
     torch.manual_seed(0)
     cfg = tiny_config(len(bpe), pad_token_id=bpe.pad_token_id, eos_token_id=bpe.eos_token_id)
@@ -104,10 +102,10 @@ def test_trimmed_model_gives_the_same_logits_on_kept_tokens(bpe, trimmed):
 
 
 def test_distill_with_trim_vocab_reports_the_trimmed_student(bpe, tmp_path):
+    from fixtures import save_tiny_model, tiny_config
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf.distill import DistillConfig, distill
-    from rlhf.models import save_tiny_model, tiny_config
+    from rlhf.distill import DistillArgs, distill
 
     teacher = save_tiny_model(tmp_path / "teacher", bpe, layers=4, hidden=64)
     torch.manual_seed(1)
@@ -118,7 +116,7 @@ def test_distill_with_trim_vocab_reports_the_trimmed_student(bpe, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows[:120]))
     out = tmp_path / "student"
-    cfg = DistillConfig(
+    cfg = DistillArgs(
         teacher=teacher, output_dir=str(out), prompts=str(prompts), student_layers=2, eval_prompts=6,
         max_new_tokens=8, max_prompts=24, num_train_epochs=1, per_device_train_batch_size=6, learning_rate=1e-3,
         device="cpu", reward_model=str(tmp_path / "rm"), speed_prompts=2, speed_batch_size=2, trim_vocab=True,

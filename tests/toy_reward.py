@@ -18,16 +18,15 @@ TARGET_WORDS = tuple(str(d) for d in range(10))  # single digits: ~1 in 12 token
 
 
 def tiny_tokenizer():
-    from rlhf.data import arithmetic_tokenizer
+    from fixtures import arithmetic_tokenizer
 
     return arithmetic_tokenizer()
 
 
 def save_token_reward_model(out_dir: str | Path, tokenizer, target_words: tuple[str, ...] = TARGET_WORDS) -> str:
     import torch
+    from fixtures import tiny_config
     from transformers import LlamaForSequenceClassification
-
-    from rlhf.models import tiny_config
 
     H = 8
     config = tiny_config(len(tokenizer), layers=1, hidden=H, heads=1, tie_word_embeddings=False, num_labels=1)
@@ -54,7 +53,7 @@ def save_token_reward_model(out_dir: str | Path, tokenizer, target_words: tuple[
 
 
 def save_policy(out_dir: str | Path, tokenizer, seed: int = 0) -> str:
-    from rlhf.models import save_tiny_model
+    from fixtures import save_tiny_model
 
     return save_tiny_model(out_dir, tokenizer, seed=seed, layers=1, hidden=32, heads=2)
 
@@ -63,7 +62,7 @@ def arithmetic_prompts(path: str | Path, n: int = 60) -> str:
     """A JSONL export of the synthetic arithmetic preferences (the prompts are what PPO/RLOO use)."""
     import json
 
-    from rlhf.data import synthetic_arithmetic
+    from fixtures import synthetic_arithmetic
 
     rows = synthetic_arithmetic(n_prompts=n, wrong_per_prompt=1)
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))

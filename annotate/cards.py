@@ -1,0 +1,126 @@
+"""Hub cards: the dataset card of a published store, and what every card is made of (front matter, tables).
+
+A card is YAML metadata (huggingface_hub's CardData) plus an honest body. Every figure in it is read from what the
+project wrote (the store and its audit here; a run directory for the model card, rlhf.cards); a section whose source
+is missing says so instead of being left out silently.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from huggingface_hub import CardData
+
+    from annotate.audit_types import AuditResult
+
+
+def fmt(v: Any) -> str:
+    """A card's table cell: floats to 4 significant digits, NaN, inf and None as n/a."""
+    if isinstance(v, float):
+        return "n/a" if not math.isfinite(v) else f"{v:.4g}"
+    return "n/a" if v is None else str(v)
+
+
+def table(rows: dict[str, Any], head: tuple[str, str] = ("field", "value")) -> str:
+    """A two-column Markdown table."""
+    lines = [f"| {head[0]} | {head[1]} |", "|---|---|"]
+    return "\n".join(lines + [f"| {k} | {fmt(v)} |" for k, v in rows.items()])
+
+
+def front_matter(card_data: CardData) -> str:
+    return f"---\n{card_data.to_yaml()}\n---\n"
+
+
+def size_category(n: int) -> str:
+    """The Hub's size_categories bucket for n rows."""
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M"
+
+
+# ---------------------------------------------------------------- dataset card
+
+
+def _audit_section(audit: AuditResult | None, why_missing: str) -> str:
+    """Agreement and bias figures from annotate.audit, or a plain statement that the audit was not run."""
+    if audit is None:
+        return f"The audit was not run: {why_missing}."
+    rows = {
+        "Krippendorff's alpha (all annotators)": audit.agreement.alpha.alpha,
+        "mean Cohen's kappa (annotator pairs)": audit.agreement.mean_kappa,
+        "share of decisive votes for the left response": audit.position.overall.rate,
+        "share of decisive votes for the longer response": audit.length.p_longer.overall.rate,
+        "annotators flagged as random clickers": len(audit.flags.random_clickers),
+    }
+    note = "50% means no position or length preference; alpha 1 is full agreement, 0 is chance."
+    return table(rows, ("figure (annotate.audit)", "value")) + f"\n\n{note}"
+
+
+def _annotators_section(annotators: dict[str, int], pseudonymised: bool) -> str:
+    who = "pseudonyms (stable within this release)" if pseudonymised else "the ids annotators logged in with"
+    rows = "\n".join(f"| {name} | {n} |" for name, n in annotators.items())
+    return f"Annotators appear as {who}.\n\n| annotator | votes |\n|---|---|\n{rows}"
+
+
+def _schema_section(schemas: dict[str, pa.Schema]) -> str:
+    return "\n\n".join(
+        f"`{cfg}`:\n\n| column | type |\n|---|---|\n" + "\n".join(f"| {f.name} | `{f.type}` |" for f in schema)
+        for cfg, schema in schemas.items()
+    )
+
+
+def dataset_card(
+    card_data: CardData,
+    *,
+    repo_id: str,
+    counts: dict[str, Any],
+    annotators: dict[str, int],
+    pseudonymised: bool,
+    schemas: dict[str, pa.Schema],
+    audit: AuditResult | None,
+    audit_missing: str,
+    guidelines: str | None,
+) -> str:
+    """README.md for a published comparison store."""
+    guide = guidelines.strip() if guidelines else "No annotation guidelines were given when this dataset was pushed."
+    return (
+        front_matter(card_data)
+        + f"""
+# {repo_id}
+
+Human pairwise judgments of model responses, collected with prefkit's labeling app.
+
+- `comparisons`: one row per standing vote (retracted votes and their retractions removed).
+- `preferences`: the votes aggregated per pair into TRL's conversational preference format
+  (`prompt`, `chosen`, `rejected`, `margin`, ...), ready for `DPOTrainer` / `RewardTrainer`.
+
+```python
+from datasets import load_dataset
+prefs = load_dataset("{repo_id}", "preferences", split="train")
+```
+
+## Counts
+
+{table(counts, ("count", "value"))}
+
+## Annotators
+
+{_annotators_section(annotators, pseudonymised)}
+
+## Agreement and bias
+
+{_audit_section(audit, audit_missing)}
+
+## Schema
+
+{_schema_section(schemas)}
+
+## Annotation guidelines
+
+{guide}
+"""
+    )

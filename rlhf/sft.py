@@ -56,10 +56,7 @@ class SFTRun(TrainerRun):
     """Held-out completion loss before and after (rlhf/skeleton.py runs the rest)."""
 
     command, config_class = "sft", SFTArgs
-
-    def build(self) -> Any:
-        trainer, self.info = build_trainer(self.cfg)
-        return trainer
+    build_trainer = staticmethod(build_trainer)
 
     def measure(self) -> dict[str, Any]:
         return {"eval_loss": self.trainer.evaluate()["eval_loss"]}

@@ -17,6 +17,7 @@ where needed) and keeps it in its own module.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ class TrainerRun:
 
     command: str = ""  # as typed after rlhf/train.py
     config_class: type[BaseArgs] = BaseArgs
+    # cfg -> (trainer, data info): the command module's build_trainer, which tests also call on their own
+    build_trainer: Callable[[Any], tuple[Any, dict[str, Any]]] | None = None
 
     def __init__(self, cfg: BaseArgs) -> None:
         self.cfg = cfg
@@ -37,7 +40,8 @@ class TrainerRun:
 
     def build(self) -> Any:
         """The TRL trainer, ready to train (set self.info on the way)."""
-        raise NotImplementedError
+        trainer, self.info = type(self).build_trainer(self.cfg)
+        return trainer
 
     def measure(self) -> dict[str, Any]:
         """Held-out figures, taken before and after training."""

@@ -1,18 +1,27 @@
 """`python rlhf/train.py dpo`: direct preference optimisation on collected comparisons (TRL DPOTrainer).
 
-Losses (h = beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))]):
+Losses (logratio(y) = log pi(y|x) - log ref(y|x); h = beta * (logratio(y_w) - logratio(y_l)); |y| = completion tokens):
   sigmoid       -log sigmoid(h)                          Eq. 7 of Rafailov et al. 2023 (arXiv 2305.18290)
   ipo           (h / beta - 1 / (2 beta))^2              Eq. 17 of Azar et al. 2023 (arXiv 2310.12036)
   sigmoid_norm  -log sigmoid(beta * (mean-per-token log-ratio of y_w - that of y_l)): length-normalised DPO, so
                 a longer response no longer earns a larger implicit reward just by having more tokens (the
                 normalisation SimPO uses, Eq. 4 of arXiv 2405.14734, but keeping the reference model).
-`--ld-alpha` adds LD-DPO's down-weighting of the tokens past the shorter response (arXiv 2409.06411) to any of them.
+  rdpo          -log sigmoid(h + alpha * (|y_w| - |y_l|)): R-DPO, Eq. 9 of Park et al. 2024 (arXiv 2403.19159);
+                the length gap is credited up front, so the policy does not have to learn it (`--rdpo-alpha`).
+  ld            sigmoid with LD-DPO's likelihood (Liu et al. 2024, arXiv 2409.06411): log-probs of the tokens past
+                the shorter response of the pair weighted by alpha in [0, 1] (`--ld-alpha`, 0.5 if unset); TRL's
+                own `ld_alpha`. `--ld-alpha` also adds that weighting to sigmoid, ipo and sigmoid_norm.
+  simpo         -log sigmoid(beta / |y_w| log pi(y_w|x) - beta / |y_l| log pi(y_l|x) - gamma): SimPO, Eq. 6 of
+                Meng et al. 2024 (arXiv 2405.14734); reference-free, with a target margin (`--simpo-gamma`). Its beta
+                defaults to 2.0 (the paper uses 2.0-2.5, on a per-token scale), not DPO's 0.1.
+sigmoid, ipo, sigmoid_norm and ld are TRL's own code; rdpo and simpo are computed in rlhf/dpo_losses.py, on the same
+(packed or padded) forward.
 
 The reference is the starting policy itself. With `--precompute-ref-log-probs` (the default) TRL scores every train
 and held-out pair with the policy before the first step and keeps no reference model at all (one model's weights
 less in memory: 0.54 GB fp32 for the default model). Without precompute it gets an explicit frozen copy: given a
 policy built in memory and no reference, TRL would then load a model *by name* from the policy's config, which may
-be a different model.
+be a different model. SimPO has no reference: no copy, no reference pass.
 """
 
 from __future__ import annotations
@@ -22,10 +31,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from annotate.errors import UsageError
 from rlhf.common import BaseArgs, PackingArgs, ResumeArgs, load_data, metrics_callback, row_tokens, trl_args
 from rlhf.skeleton import TrainerRun
 
-LOSS_TYPES = ["sigmoid", "ipo", "sigmoid_norm"]
+LOSS_TYPES = ["sigmoid", "ipo", "sigmoid_norm", "rdpo", "ld", "simpo"]
+# Defaults that depend on the loss, applied when the option is not given (DPOArgs.__post_init__).
+DEFAULT_BETA = {"simpo": 2.0}  # SimPO's reward is per token, so its scale is ~|y| times DPO's; paper: 2.0-2.5
+DEFAULT_BETA_OTHERS = 0.1
+DEFAULT_LD_ALPHA = 0.5  # for --loss-type ld; LD-DPO's alpha in [0, 1] (1 = plain DPO, 0 = the shared prefix only)
+DEFAULT_RDPO_ALPHA = 0.05  # logit nats per token of length gap: a 20-token longer chosen response starts 1 nat ahead
+DEFAULT_SIMPO_GAMMA = 0.5  # SimPO's target margin; TRL's CPOConfig default (simpo_gamma)
 
 
 @dataclass
@@ -34,14 +50,32 @@ class DPOArgs(ResumeArgs, PackingArgs, BaseArgs):
 
     trl_config_class: ClassVar[str] = "trl.DPOConfig"  # its other fields are options too (rlhf/config.py)
     output_dir: str = field(default="runs/dpo", metadata={"help": "where the model, config and metrics go"})
-    beta: float = field(default=0.1, metadata={"help": "strength of the pull towards the reference (tau for ipo)"})
+    beta: float | None = field(
+        default=None,
+        metadata={"help": "strength of the pull towards the reference (tau for ipo, the reward scale for simpo); "
+                  f"default: {DEFAULT_BETA['simpo']} for simpo, {DEFAULT_BETA_OTHERS} otherwise"},
+    )  # fmt: skip
     loss_type: str = field(
         default="sigmoid",
-        metadata={"help": "sigmoid (DPO), ipo, or sigmoid_norm (length-normalised DPO)", "choices": LOSS_TYPES},
-    )
+        metadata={"help": "sigmoid (DPO), ipo, sigmoid_norm (length-normalised DPO), rdpo (length-regularised DPO), "
+                  "ld (LD-DPO) or simpo (reference-free, length-normalised); see rlhf/dpo.py",
+                  "choices": LOSS_TYPES},
+    )  # fmt: skip
     ld_alpha: float | None = field(
-        default=None, metadata={"help": "LD-DPO weight in [0, 1] for tokens past the shorter response; off if unset"}
-    )
+        default=None,
+        metadata={"help": "LD-DPO weight in [0, 1] for tokens past the shorter response; "
+                  f"default: {DEFAULT_LD_ALPHA} for ld, off otherwise (not with rdpo or simpo)"},
+    )  # fmt: skip
+    rdpo_alpha: float | None = field(
+        default=None,
+        metadata={"help": "R-DPO: logit credit per token the chosen response is longer than the rejected one; "
+                  f"default {DEFAULT_RDPO_ALPHA} (only with --loss-type rdpo)"},
+    )  # fmt: skip
+    simpo_gamma: float | None = field(
+        default=None,
+        metadata={"help": "SimPO's target reward margin gamma; "
+                  f"default {DEFAULT_SIMPO_GAMMA} (only with --loss-type simpo)"},
+    )  # fmt: skip
     precompute_ref_log_probs: bool = field(
         default=True,
         metadata={"help": "score the whole dataset with the reference once, then train without it (faster)"},
@@ -49,6 +83,26 @@ class DPOArgs(ResumeArgs, PackingArgs, BaseArgs):
     precompute_ref_batch_size: int | None = field(
         default=None, metadata={"help": "batch size of that one pass (no gradients, so it can be large)"}
     )
+
+    def __post_init__(self) -> None:
+        # Loss-dependent defaults resolved here, so config.yaml records the values the run used; a parameter of
+        # another loss is an error rather than silently ignored.
+        loss = self.loss_type
+        if self.beta is None:
+            self.beta = DEFAULT_BETA.get(loss, DEFAULT_BETA_OTHERS)
+        if loss == "ld" and self.ld_alpha is None:
+            self.ld_alpha = DEFAULT_LD_ALPHA
+        if self.ld_alpha is not None:
+            if loss in ("rdpo", "simpo"):
+                raise UsageError(f"--ld-alpha does not apply to --loss-type {loss}")
+            if not 0.0 <= self.ld_alpha <= 1.0:
+                raise UsageError(f"--ld-alpha must be in [0, 1], got {self.ld_alpha}")
+        for name, owner, default in (("rdpo_alpha", "rdpo", DEFAULT_RDPO_ALPHA),
+                                     ("simpo_gamma", "simpo", DEFAULT_SIMPO_GAMMA)):  # fmt: skip
+            if loss == owner and getattr(self, name) is None:
+                setattr(self, name, default)
+            elif loss != owner and getattr(self, name) is not None:
+                raise UsageError(f"--{name.replace('_', '-')} is a parameter of --loss-type {owner}, not {loss}")
 
 
 def frozen_copy(model):
@@ -69,29 +123,39 @@ def build_trainer(cfg: DPOArgs):
     from trl import DPOConfig, DPOTrainer
 
     from rlhf.data import trainer_columns
+    from rlhf.dpo_losses import LENGTH_LOSSES, REFERENCE_FREE, length_dpo_trainer
     from rlhf.models import load_causal_lm
     from rlhf.packing import packed_dpo_trainer
 
     tokenizer, train, test, info = load_data(cfg)
     set_seed(cfg.seed)
     policy = load_causal_lm(cfg.model, dtype="float32")  # master weights in fp32; bf16 autocast when enabled
+    reference_free = cfg.loss_type in REFERENCE_FREE
     args = trl_args(
         cfg,
         DPOConfig,
         default_lr=1e-6,
         beta=cfg.beta,
-        loss_type=[cfg.loss_type],
+        # ld is TRL's sigmoid with ld_alpha; rdpo and simpo replace TRL's loss (rlhf/dpo_losses.py), whose
+        # loss_type then only names what TRL would otherwise compute.
+        loss_type=["sigmoid" if cfg.loss_type in ("ld", *LENGTH_LOSSES) else cfg.loss_type],
         ld_alpha=cfg.ld_alpha,
-        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        # Reference-free: "precompute" is how TRL is told to hold no reference model; the pass itself is skipped.
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs or reference_free,
         precompute_ref_batch_size=cfg.precompute_ref_batch_size,
         eval_strategy="no",
     )
     trainer_cls = packed_dpo_trainer(row_tokens(cfg)) if cfg.packing else DPOTrainer
+    if cfg.loss_type in LENGTH_LOSSES:
+        trainer_cls = length_dpo_trainer(trainer_cls, cfg.loss_type, rdpo_alpha=cfg.rdpo_alpha or 0.0,
+                                         simpo_gamma=cfg.simpo_gamma or 0.0)  # fmt: skip
+    precomputed = args.precompute_ref_log_probs and not _fsdp(args)
     trainer = trainer_cls(
         model=policy,
         # None only where TRL reads the reference from the untouched policy before training (dpo_trainer.py, the
-        # `precompute_ref_log_probs and not fsdp` branch); FSDP or no precompute get an explicit frozen copy.
-        ref_model=None if cfg.precompute_ref_log_probs and not _fsdp(args) else frozen_copy(policy),
+        # `precompute_ref_log_probs and not fsdp` branch) or where there is none (simpo); FSDP or no precompute get
+        # an explicit frozen copy.
+        ref_model=None if precomputed or reference_free else frozen_copy(policy),
         args=args,
         train_dataset=trainer_columns(train),
         eval_dataset=trainer_columns(test),
@@ -124,7 +188,10 @@ class DPORun(TrainerRun):
         return results
 
     def about(self) -> str:
-        return f"A policy trained with DPO (loss `{self.cfg.loss_type}`, beta {self.cfg.beta})."
+        cfg = self.cfg
+        params = {"beta": cfg.beta, "ld_alpha": cfg.ld_alpha, "rdpo_alpha": cfg.rdpo_alpha, "gamma": cfg.simpo_gamma}
+        shown = ", ".join(f"{k} {v}" for k, v in params.items() if v is not None)
+        return f"A policy trained with DPO (loss `{cfg.loss_type}`, {shown})."
 
     def summary(self, results: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> str:
         return (

@@ -6,6 +6,7 @@ speed-ups reach past their public APIs:
 - rlhf/packing.py: TRL's chunked LM-head kernel and fused-head output (`trl.kernels`, `trl.trainer.utils`), a hook
   before DPOTrainer's private reference pass (`_precompute_ref_logps`), and transformers deriving packed-sequence
   boundaries from restarting position ids (`masking_utils.find_packed_sequence_indices`);
+- rlhf/dpo_losses.py: skipping that reference pass for SimPO, which has no reference;
 - rlhf/distill.py: GKD, which TRL keeps in `trl.experimental`;
 - rlhf/ppo.py: the Trainer's weight-decay parameter split (`transformers.trainer_pt_utils`).
 
@@ -44,6 +45,7 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
         "ctx hidden weight bias targets temperature chunk_size final_logit_softcapping logit_scale outputs".split()
     ),
     "trl.trainer.utils.add_fused_lm_head": ("model", "temperature", "cast_lm_head_to_fp32", "outputs"),
+    "trl.DPOTrainer._precompute_ref_logps": ("self", "dataset", "name", "batch_size"),
     "trl.trainer.utils.FusedCausalLMOutput": tuple(
         "loss log_probs entropy log_sum_sq_probs mean_logits is_top1 label_mask".split()
     ),
@@ -166,6 +168,24 @@ def dpo_trainer_with_hook(prepare: Callable[[Any], None]) -> type:
             return super()._precompute_ref_logps(*args, **kwargs)
 
     return HookedDPOTrainer
+
+
+def dpo_trainer_without_reference(base: type) -> type:
+    """`base` (TRL's DPOTrainer or a subclass) for a reference-free loss (SimPO): built with
+    `precompute_ref_log_probs=True` and no `ref_model`, TRL keeps no reference model, and the reference pass it would
+    then run inside `__init__` (the private `_precompute_ref_logps`) leaves each dataset as it is. Afterwards the
+    trainer says it precomputes nothing, so `evaluate(dataset)` after training does not ask for a reference either.
+    (Under FSDP TRL still loads a reference for that pass and frees it after `__init__`.)"""
+
+    class ReferenceFreeDPOTrainer(base):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.precompute_ref_logps = False
+
+        def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+            return dataset
+
+    return ReferenceFreeDPOTrainer
 
 
 def record_metric(trainer: Any, mode: str, name: str, value: float) -> None:

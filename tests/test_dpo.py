@@ -84,7 +84,10 @@ def test_precomputed_reference_keeps_no_model_and_matches_the_frozen_copy(inputs
     assert pre.evaluate()["eval_rewards/margins"] != pytest.approx(0.0, abs=1e-4)
 
 
-@pytest.mark.parametrize("loss, extra", [("ipo", ["--precompute-ref-log-probs"]), ("sigmoid_norm", [])])
+@pytest.mark.parametrize(
+    "loss, extra",
+    [("ipo", ["--precompute-ref-log-probs"]), ("sigmoid_norm", []), ("rdpo", ["--rdpo-alpha", "0.5"]), ("ld", [])],
+)
 def test_loss_variants_train(inputs, tmp_path, loss, extra):
     root, model, data = inputs
     argv = _argv(

@@ -5,6 +5,10 @@ bold), the style covariates of Chatbot Arena's style control (LMSYS, "Does style
 
 Markers are counted as whole words or phrases, case-insensitive, and reported per 100 words so that a longer
 answer does not score higher merely for being longer (length has its own covariate).
+
+Defined once, here, for everything that asks "is it the style?": the audit's bias regressions (`pair_features`), the
+length ruler's style-only model (annotate.audit_ruler) and the reward model's `--length-debias poe` bias expert
+(`style_vectors` / `style_differences`, through the ruler's fitted model).
 """
 
 from __future__ import annotations
@@ -105,12 +109,43 @@ def text_features(texts: pd.Series | list[str]) -> pd.DataFrame:
     )
 
 
+def _features_once(texts: pd.Series) -> np.ndarray:
+    """text_features of every text as an (n, len(FEATURES)) array, each distinct text analysed once."""
+    codes, uniques = pd.factorize(texts.fillna("").astype(str))
+    return text_features(list(uniques)).to_numpy()[codes]
+
+
 def pair_features(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Features of response_a and response_b of every comparison, each text analysed once however often shown."""
-    texts = pd.concat([df["response_a"], df["response_b"]], ignore_index=True)
-    codes, uniques = pd.factorize(texts)
-    feats = text_features(list(uniques)).to_numpy()[codes]
+    feats = _features_once(pd.concat([df["response_a"], df["response_b"]], ignore_index=True))
     n = len(df)
     fa = pd.DataFrame(feats[:n], columns=FEATURES, index=df.index)
     fb = pd.DataFrame(feats[n:], columns=FEATURES, index=df.index)
     return fa, fb
+
+
+# -- style vectors: the features a style-only model reads ----------------------------------------------------------
+# Words are left out (they move with characters); counts and length enter as log(1 + x), so that a difference of two
+# responses' vectors is a relative difference (300 vs 150 characters weighs as 3000 vs 1500), in the spirit of
+# Chatbot Arena's style control, which normalises each difference by the sum. Marker rates are already per 100 words.
+STYLE_FEATURES = ("length", "headers", "lists", "bold", "hedges", "confidence")
+_LOGGED = {"length": "chars", "headers": "headers", "lists": "lists", "bold": "bold"}
+
+
+def _style_from_features(feats: np.ndarray) -> np.ndarray:
+    col = dict(zip(FEATURES, feats.T))
+    return np.column_stack([np.log1p(col[_LOGGED[f]]) if f in _LOGGED else col[f] for f in STYLE_FEATURES])
+
+
+def style_vectors(texts: pd.Series | list[str]) -> np.ndarray:
+    """One row per text, columns STYLE_FEATURES: log(1 + characters), log(1 + count) of Markdown headers, list items
+    and bold spans, then hedging and confidence markers per 100 words."""
+    return _style_from_features(_features_once(pd.Series(list(texts), dtype=object)))
+
+
+def style_differences(first: list[str], second: list[str]) -> np.ndarray:
+    """style_vectors(first) - style_vectors(second), row by row: (n, len(STYLE_FEATURES)), each text analysed once."""
+    if len(first) != len(second):
+        raise ValueError(f"style_differences: {len(first)} first responses but {len(second)} second")
+    both = style_vectors(list(first) + list(second))
+    return both[: len(first)] - both[len(first) :]

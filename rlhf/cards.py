@@ -113,8 +113,36 @@ def _distill_section(rep: dict | None, trimmed: bool = False) -> str:
     return table(rows) + f"\n\nReward model: {rm}. Where the student falls short:\n\n{where}"
 
 
+def _ruler_section(ev: dict[str, Any] | None) -> str:
+    """The length ruler (annotate.audit_ruler) of a reward model: what length and style alone get on its held-out
+    pairs, and whether the model is clearly above them. Empty for a run that recorded none."""
+    if not ev or "ruler_longer_accuracy" not in ev:
+        return ""
+    f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    lo, hi = ev.get("ruler_model_ci95") or (None, None)
+    style = f"style-only model (fitted on {ev.get('ruler_style_training_pairs')} training pairs)"
+    rows = {
+        "this reward model": f"{f(ev.get('eval_accuracy'))} (95% CI {f(lo)}-{f(hi)})",
+        '"pick the longer" (more characters)': f(ev["ruler_longer_accuracy"]),
+        '"pick the shorter"': f(ev["ruler_shorter_accuracy"]),
+        style: f(ev["ruler_style_accuracy"]),
+    }
+    weights = ", ".join(f"{k} {v:+.2f}" for k, v in (ev.get("ruler_style_weights") or {}).items())
+    verdict = ev.get("ruler_verdict")
+    verdict = f"**Warning: {verdict}.**" if ev.get("ruler_flag") else f"Verdict: {verdict}." if verdict else ""
+    return (
+        f"\n## Length ruler\n\nAccuracy on the same {ev.get('ruler_pairs')} held-out pairs (ties count half). The "
+        "style-only model is a logistic regression on the two responses' differences in length, Markdown headers, "
+        f"list items, bold, hedging and confidence markers (standardised coefficients: {weights}).\n\n"
+        f"{table(rows, ('judge', 'held-out accuracy'))}\n\n{verdict}\n"
+    )
+
+
 def _limitations(run: dict[str, Any]) -> str:
     limits = [VERBOSITY_NOTE]
+    ev = run.get("eval") or {}
+    if ev.get("ruler_flag"):
+        limits.append(f"The length ruler flags it: {ev['ruler_verdict']}.")
     rep = run.get("distill")
     if rep and not 0.8 <= rep["output_length_ratio"] <= 1.25:
         limits.append(f"Its answers are {rep['output_length_ratio']:.2f}x as long as its teacher's.")
@@ -166,7 +194,9 @@ def model_card(run: dict[str, Any], release: Release | None = None) -> str:
     title = release.repo_id if release else f"{run.get('command') or 'a'} model trained with prefkit"
     about = f"{run['about']}\n\n" if run.get("about") else ""
     config = yaml.safe_dump(run["config"], sort_keys=False).strip() if run["config"] else "not recorded"
-    evaluation = table(run["eval"], ("metric", "value")) if run["eval"] else "No held-out evaluation was recorded."
+    # The ruler's figures have their own section; the table keeps the rest.
+    shown = {k: v for k, v in (run["eval"] or {}).items() if not k.startswith("ruler_")}
+    evaluation = table(shown, ("metric", "value")) if run["eval"] else "No held-out evaluation was recorded."
     distill = (
         f"\n## Distillation\n\n{_distill_section(run['distill'], trimmed=bool(run.get('trim')))}\n"
         if run.get("distill") or run.get("command") == "distill"
@@ -190,7 +220,7 @@ The run's `config.yaml`: a recipe that runs it again (`--config`).
 ## Held-out results
 
 {evaluation}
-{distill}
+{_ruler_section(run["eval"])}{distill}
 ## Known limitations
 
 {_limitations(run)}

@@ -6,7 +6,9 @@ pairs whose lengths are within +-10% of each other, and the intercept of a logis
 the relative length difference (the win rate predicted at equal length, in the spirit of AlpacaEval's
 length-controlled win rate, Dubois et al. 2024, arXiv 2404.04475) -- the mean length change, and sample pairs
 side by side (also in samples.md). A plot (eval.png) shows wins against length difference.
-Lengths are counted in the reward model's tokens, a yardstick common to both models.
+Lengths are counted in the reward model's tokens, a yardstick common to both models. The judge's own length ruler
+(from its reward run's eval.json) comes along: a win rate judged by a reward model the ruler flagged as measuring
+length may be a length contest, whatever the length controls say.
 """
 
 from __future__ import annotations
@@ -202,6 +204,15 @@ def heldout_prompts(path: str) -> str:
     return path
 
 
+def judge_ruler(reward_model: str) -> dict[str, Any]:
+    """The judge's length ruler verdict (annotate.audit_ruler, recorded by its reward run), when it has one."""
+    path = Path(reward_model) / "eval.json"
+    ev = json.loads(path.read_text()) if path.exists() else {}
+    if "ruler_flag" not in ev:
+        return {}
+    return {"reward_model_ruler_flag": ev["ruler_flag"], "reward_model_ruler_verdict": ev["ruler_verdict"]}
+
+
 def evaluate(cfg: EvalArgs) -> dict[str, Any]:
     import torch
 
@@ -218,7 +229,7 @@ def evaluate(cfg: EvalArgs) -> dict[str, Any]:
     rm_tok = load_tokenizer(cfg.reward_model)
     rm = load_reward_model(cfg.reward_model, rm_tok).to(device)
     (pol_scores, ref_scores), (pol_len, ref_len) = judge(rm, rm_tok, prompts, pol, ref)
-    summary = summarize(pol_scores, ref_scores, pol_len, ref_len, cfg.length_tolerance)
+    summary = summarize(pol_scores, ref_scores, pol_len, ref_len, cfg.length_tolerance) | judge_ruler(cfg.reward_model)
     rows = zip(prompts, pol, ref, pol_scores, ref_scores, pol_len, ref_len, strict=True)
     keys = ("prompt", "policy", "reference", "policy_score", "reference_score", "policy_length", "reference_length")
     examples = [dict(zip(keys, r, strict=True)) for r in rows]
@@ -258,4 +269,6 @@ def main(argv: list[str] | None = None) -> int:
         f"({s['length_matched_pairs']} pairs) | length-controlled {s['win_rate_length_controlled']:.3f} | "
         f"length change {s['length_change']:+.1f} tokens -> {out / 'eval.json'}"
     )
+    if s.get("reward_model_ruler_flag"):
+        print(f"[evaluate] WARNING: the judge's length ruler: {s['reward_model_ruler_verdict']}")
     return 0

@@ -2,11 +2,13 @@
 
 The model is the base LM with a one-output sequence-classification head, trained on
 loss = -log sigmoid(r(x, y_chosen) - r(x, y_rejected))  (Eq. 1 of Ouyang et al. 2022, arXiv 2203.02155),
-optionally through LoRA adapters. After training it reports, on held-out prompts, pairwise accuracy and the
-correlation of reward with response length (the verbosity check: a reward that mostly counts tokens is a bug).
-`--length-debias` counters raters' taste for length in the training pairs: `resample` balances, within bins of
-length difference, pairs where the chosen response is the longer with pairs where it is the shorter; `joint`
-fits a length term with the reward and drops it at inference (see LengthDebiasTrainer).
+optionally through LoRA adapters. After training it reports, on held-out prompts, pairwise accuracy, the
+correlation of reward with response length (the verbosity check: a reward that mostly counts tokens is a bug) and
+the length ruler (annotate.audit_ruler): on the same pairs, the accuracy of "pick the longer", "pick the shorter" and
+a style-only model fitted on the training pairs, with a flag when the model is not clearly above the best of them.
+`--length-debias` counters raters' taste for length and style in the training pairs (rlhf/reward_debias.py):
+`resample` balances the data; `joint`, `odin` and `poe` train something beside the reward that absorbs length
+(a length term; a length head; a bias-only model on style features) and drop it at inference.
 `score()` is the one way the project asks a reward model for numbers (the chat-templated conversation, read at its
 last token, batched by length): this command's held-out report, ppo (rollouts, through ppo.score_responses), rloo
 (TRL's reward function, `reward_function` here), evaluate, the distillation report, and the app's active sampling
@@ -29,6 +31,7 @@ from rlhf.common import (
     row_tokens,
     trl_args,
 )
+from rlhf.reward_report import dropped_term_report, report_from_scores, summary_lines
 from rlhf.sampling import response_text  # sampled ids -> the text scored (also importable from here)
 from rlhf.skeleton import TrainerRun
 
@@ -39,6 +42,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from annotate.active import ActiveStrategy
+
+
+METHODS = ("none", "resample", "joint", "odin", "poe")  # --length-debias (rlhf/reward_debias.py)
 
 
 @dataclass
@@ -57,23 +63,37 @@ class RewardArgs(ResumeArgs, PackingArgs, BaseArgs):
         default="none",
         metadata={
             "help": "counter length bias: none; resample (chosen is the longer in half the pairs, per "
-            "length-difference bin); joint (a length term fitted with the reward, dropped at inference)",
-            "choices": ["none", "resample", "joint"],
+            "length-difference bin); joint (a length term fitted with the reward, dropped at inference); odin "
+            "(quality and length heads, the length head dropped; Chen et al. 2024); poe (product of experts with a "
+            "bias-only model on length and style features, dropped; Shen et al. 2023)",
+            "choices": list(METHODS),
         },
     )
-    length_lr: float = field(default=1e-2, metadata={"help": "joint: learning rate of the length weight"})
+    length_lr: float = field(
+        default=1e-2, metadata={"help": "joint/poe: learning rate of the length weight / bias model (poe: 0 freezes)"}
+    )
     length_decorrelation: float = field(
         default=1.0, metadata={"help": "joint: weight of the |Pearson(reward, length)| penalty per batch (ODIN)"}
     )
+    odin_length_weight: float = field(
+        default=0.1,
+        metadata={"help": "odin: weight lambda_L of the length loss (1.0 swamped the ranking loss in tests)"},
+    )
+    odin_orthogonality: float = field(
+        default=1.0, metadata={"help": "odin: weight lambda_O of the orthogonality loss between the two heads"}
+    )
 
 
-def load_reward_model(name_or_path: str, tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedModel:
-    """A sequence-classification model with one output; the head is new when loading a plain LM."""
+def load_reward_model(
+    name_or_path: str, tokenizer: PreTrainedTokenizerBase | None = None, num_labels: int = 1
+) -> PreTrainedModel:
+    """A sequence-classification model with one output (two while `odin` trains); the head is new when loading a
+    plain LM."""
     from transformers import AutoModelForSequenceClassification
 
     from rlhf.models import resolve_model
 
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(name_or_path), num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(name_or_path), num_labels=num_labels)
     if tokenizer is not None:
         # The model's own forward reads the last non-pad token, so it must know the pad id. score() does not use it.
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -243,144 +263,9 @@ def heldout_scores(model, tokenizer, test: Dataset, batch_size: int = 32) -> dic
     return {"rewards": rewards, "lengths": lengths, "pairs": len(test)}
 
 
-def report_from_scores(scored: dict[str, Any], length_coef: float = 0.0) -> dict[str, Any]:
-    """Pairwise accuracy, mean margin and reward-vs-length correlation (Pearson, Spearman) from heldout_scores.
-
-    `length_coef` (reward per response token) adds a fitted length term back, to report a joint fit with it.
-    """
-    from scipy import stats
-
-    n = scored["pairs"]
-    rewards = scored["rewards"] + length_coef * scored["lengths"]
-    lengths = scored["lengths"]
-    r_c, r_r = rewards[:n], rewards[n:]
-    varied = rewards.std() > 0 and lengths.std() > 0  # correlation is undefined for a constant
-    return {
-        "eval_pairs": n,
-        "eval_accuracy": float((r_c > r_r).mean() + 0.5 * (r_c == r_r).mean()),  # ties count half
-        "eval_margin_mean": float((r_c - r_r).mean()),
-        "eval_reward_mean": float(rewards.mean()),
-        "eval_reward_std": float(rewards.std()),
-        "eval_length_pearson": float(stats.pearsonr(rewards, lengths)[0]) if varied else None,
-        "eval_length_spearman": float(stats.spearmanr(rewards, lengths)[0]) if varied else None,
-    }
-
-
 def heldout_report(model, tokenizer, test: Dataset, batch_size: int = 32, length_coef: float = 0.0) -> dict[str, Any]:
     """report_from_scores(heldout_scores(...)): held-out accuracy, margin and reward-length correlation."""
     return report_from_scores(heldout_scores(model, tokenizer, test, batch_size), length_coef)
-
-
-def length_balanced(ds: Dataset, seed: int = 0, bins: int = 4) -> Dataset:
-    """Resample so the chosen response is the longer in half the pairs, separately per |length difference| bin.
-
-    The minority direction of each bin is oversampled (with replacement) up to the majority's count: nothing is
-    thrown away, and a rater's length preference can no longer be read off the training pairs. Needs the
-    chosen_len/rejected_len columns that rlhf.data.drop_long adds.
-    """
-    import numpy as np
-
-    d = np.array(ds["chosen_len"]) - np.array(ds["rejected_len"])  # the prompt cancels in the difference
-    rng = np.random.default_rng(seed)
-    keep = list(np.flatnonzero(d == 0))
-    nz = np.flatnonzero(d != 0)
-    edges = np.quantile(np.abs(d[nz]), np.linspace(0, 1, bins + 1)[1:-1]) if len(nz) else []
-    which = np.digitize(np.abs(d[nz]), edges)
-    for b in range(bins):
-        idx = nz[which == b]
-        small, big = sorted((idx[d[idx] > 0], idx[d[idx] < 0]), key=len)
-        keep += list(idx)
-        if len(small):  # a bin with one direction only cannot be balanced by resampling
-            keep += list(rng.choice(small, len(big) - len(small)))
-    rng.shuffle(keep)
-    return ds.select([int(i) for i in keep])
-
-
-def chosen_longer_share(ds: Dataset) -> float | None:
-    """P(chosen longer | lengths differ) in a set with chosen_len/rejected_len columns."""
-    d = [c - r for c, r in zip(ds["chosen_len"], ds["rejected_len"]) if c != r]
-    return sum(x > 0 for x in d) / len(d) if d else None
-
-
-def length_debias_trainer(**kw):
-    """A RewardTrainer whose Bradley-Terry logit has a learned length term, dropped at inference:
-
-    loss = -log sigmoid(r(x, y_c) - r(x, y_r) + w * (len_c - len_r) / scale) + lambda * |Pearson(r, len)|
-
-    The length term is the length control of Chatbot Arena's style-controlled Bradley-Terry
-    (lmsys.org/blog/2024-08-28-style-control): w soaks up the part of the preference that length explains. On its
-    own it does not stop r from learning length too (a network counts tokens as easily as w does), so, as in ODIN
-    (Chen et al. 2024, arXiv 2402.07319), a penalty on the batch correlation of r with length keeps r length-free.
-    `kw` adds length_scale, length_lr and decorrelation (lambda).
-    """
-    import torch
-    from torch import nn
-    from transformers import TrainerCallback
-    from transformers.trainer_callback import ExportableState
-    from trl import RewardTrainer
-
-    class LengthWeightState(TrainerCallback, ExportableState):
-        """w through checkpoints and steps. Being no model weight, it rides in trainer_state.json (written as the
-        checkpoint's last file) and a resumed run restores it when training begins. The Trainer zeroes only the
-        model's gradients after each optimizer step, so w's is zeroed here: otherwise it would add up over all
-        steps (it did before; the length-debiasing figures in BENCHMARKS.md dated before 2026-12-02 had that)."""
-
-        def __init__(self, trainer: LengthDebiasTrainer):
-            self.trainer = trainer
-
-        def state(self) -> dict:
-            return {"args": {}, "attributes": {"length_w": self.trainer.length_w.item()}}
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            saved = state.stateful_callbacks.get(type(self).__name__)
-            if saved:  # the checkpoint's value under --resume, the initial one otherwise
-                with torch.no_grad():
-                    self.trainer.length_w.fill_(saved["attributes"]["length_w"])
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.trainer.length_w.grad = None  # after the optimizer step, as the Trainer does for the model
-
-    class LengthDebiasTrainer(RewardTrainer):
-        def __init__(self, *args, length_scale: float, length_lr: float, decorrelation: float, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.length_scale, self.length_lr, self.decorrelation = length_scale, length_lr, decorrelation
-            # Not a model parameter, so save_pretrained() writes a plain reward model: dropped at inference.
-            self.length_w = nn.Parameter(torch.zeros((), device=next(self.model.parameters()).device))
-            self.add_callback(LengthWeightState(self))
-
-        def create_optimizer(self, model=None):
-            opt = super().create_optimizer(model)
-            if all(p is not self.length_w for g in opt.param_groups for p in g["params"]):
-                # Its own (larger) rate: one scalar at the backbone's 1e-5 would barely move in a run.
-                opt.add_param_group({"params": [self.length_w], "lr": self.length_lr, "weight_decay": 0.0})
-            return opt
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            mode = "train" if self.model.training else "eval"
-            inputs["use_cache"] = False
-            outputs = model(**inputs)
-            rewards = outputs.logits.squeeze(-1)  # (2B,): chosen then rejected
-            r_c, r_r = torch.chunk(rewards, chunks=2)  # (B,), (B,)
-            # Sequence lengths (2B,): prompt + response; the prompt's tokens cancel in the difference.
-            lengths = inputs["attention_mask"].sum(-1).float() / self.length_scale
-            l_c, l_r = torch.chunk(lengths, chunks=2)
-            logit = r_c - r_r + self.length_w * (l_c - l_r)
-            if "margin" in inputs:
-                logit = logit - inputs["margin"]
-            loss = -nn.functional.logsigmoid(logit).mean()
-            if self.decorrelation > 0 and lengths.std() > 0:
-                r0, l0 = rewards - rewards.mean(), lengths - lengths.mean()
-                corr = (r0 * l0).sum() / (r0.norm() * l0.norm() + 1e-8)
-                loss = loss + self.decorrelation * corr.abs()
-            if self.args.center_rewards_coefficient is not None:
-                loss = loss + self.args.center_rewards_coefficient * torch.mean((r_c + r_r) ** 2)
-            with torch.no_grad():
-                self._metrics[mode]["accuracy"].append((r_c > r_r).float().mean().item())  # r alone
-                self._metrics[mode]["margin"].append((r_c - r_r).mean().item())
-                self._metrics[mode]["length_weight"].append(self.length_w.item())
-            return (loss, outputs) if return_outputs else loss
-
-    return LengthDebiasTrainer(**kw)
 
 
 def training_tokenizer(tokenizer: PreTrainedTokenizerBase, example: dict) -> PreTrainedTokenizerBase:
@@ -404,17 +289,33 @@ def training_tokenizer(tokenizer: PreTrainedTokenizerBase, example: dict) -> Pre
     return out
 
 
-def build_trainer(cfg: RewardArgs):
-    """(trainer, tokenizer, held-out set, data info): everything prepared, nothing trained yet."""
-    from trl import RewardConfig, RewardTrainer
+def responses(ds: Dataset) -> tuple[list[str], list[str]]:
+    """The chosen and the rejected response texts of a preference set, pair by pair."""
+    return [m[-1]["content"] for m in ds["chosen"]], [m[-1]["content"] for m in ds["rejected"]]
 
-    from rlhf.data import trainer_columns
+
+def build_trainer(cfg: RewardArgs):
+    """(trainer, tokenizer, held-out set, data info, style model): everything prepared, nothing trained yet.
+
+    The style model is the length ruler's style-only model, fitted on the training pairs as collected (before any
+    resampling): the ruler's baseline at evaluation, and poe's bias expert at the start of training."""
+    from transformers import set_seed
+    from trl import RewardConfig
+
+    from annotate.audit_ruler import fit_style_model
+    from rlhf.data import REQUIRED, trainer_columns
+    from rlhf.reward_debias import chosen_longer_share, debias_trainer, length_balanced, with_debias_columns
 
     tokenizer, train, test, info = load_data(cfg)
-    from transformers import set_seed
-
+    style = fit_style_model(*responses(train))
     set_seed(cfg.seed)  # the new score head is drawn here: same seed, same run
-    model = load_reward_model(cfg.model, tokenizer)
+    model = load_reward_model(cfg.model, tokenizer, num_labels=2 if cfg.length_debias == "odin" else 1)
+    if cfg.length_debias == "odin":
+        if not hasattr(model, "score"):
+            raise ValueError(f"odin: {type(model).__name__} has no `score` head to split into quality and length")
+        # TRL accepts only a one-label config; the head keeps its two rows (drawn by the model's own init) until
+        # save keeps the quality row. Checkpoints written while training hold both.
+        model.config.num_labels = 1
     peft_config = None
     if cfg.lora_r > 0:
         from peft import LoraConfig
@@ -435,31 +336,23 @@ def build_trainer(cfg: RewardArgs):
         train = length_balanced(train, cfg.seed)
         info["train"]["chosen_longer_share_resampled"] = chosen_longer_share(train)
         info["train"]["pairs_resampled"] = len(train)
+    train = with_debias_columns(train, cfg.length_debias, style)
     kw = dict(
         model=model,
         args=args,
-        train_dataset=trainer_columns(train),
+        train_dataset=trainer_columns(train, (*REQUIRED, "response_lengths", "style")),
         processing_class=training_tokenizer(tokenizer, train[0]),
         peft_config=peft_config,
         callbacks=[metrics_callback(cfg.output_dir)],
     )
-    if cfg.length_debias == "joint":
-        import numpy as np
-
-        # Scale: one standard deviation of the length difference, so w is O(1) whatever the data.
-        spread = float(np.std(np.array(train["chosen_len"]) - np.array(train["rejected_len"])))
-        trainer = length_debias_trainer(
-            length_scale=spread or 1.0, length_lr=cfg.length_lr, decorrelation=cfg.length_decorrelation, **kw
-        )
-    else:
-        trainer = RewardTrainer(**kw)
+    trainer = debias_trainer(cfg, kw, train, style)
     if cfg.packing:
         from rlhf.packing import enable_packed_reward
 
         # Under LoRA, patch the wrapped transformers model: peft's forward ends up calling its forward.
         inner = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
         enable_packed_reward(inner, row_tokens(cfg))
-    return trainer, tokenizer, test, info
+    return trainer, tokenizer, test, info, style
 
 
 class RewardRun(TrainerRun):
@@ -469,13 +362,17 @@ class RewardRun(TrainerRun):
     command, config_class = "reward", RewardArgs
 
     def build(self) -> Any:
-        trainer, self.tokenizer, self.test, self.info = build_trainer(self.cfg)
+        trainer, self.tokenizer, self.test, self.info, self.style = build_trainer(self.cfg)
         return trainer
 
     def save(self, out: Path) -> None:
         model = self.trainer.model
         if self.cfg.lora_r > 0:
             model = model.merge_and_unload()  # a plain checkpoint that score() and the other commands load directly
+        if self.cfg.length_debias == "odin":
+            from rlhf.reward_debias import keep_quality_head
+
+            self.length_head = keep_quality_head(model)  # the saved model scores quality only
         model.config.pad_token_id = self.tokenizer.pad_token_id  # training may have padded with another token
         if is_main_process():
             model.save_pretrained(out)
@@ -483,29 +380,29 @@ class RewardRun(TrainerRun):
         self.model = model
 
     def results(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        from annotate.audit_ruler import length_ruler
+
         cfg = self.cfg
         scored = heldout_scores(self.model, self.tokenizer, self.test, cfg.score_batch_size)
         results = report_from_scores(scored)
         results["length_debias"] = cfg.length_debias
-        if cfg.length_debias == "joint":
-            coef = float(self.trainer.length_w.detach()) / self.trainer.length_scale  # reward per token of length
-            full = report_from_scores(scored, length_coef=coef)
-            results["length_weight_per_token"] = coef
-            results["eval_accuracy_with_length_term"] = full["eval_accuracy"]
-            results["eval_length_spearman_with_length_term"] = full["eval_length_spearman"]
+        length_head = None
+        if cfg.length_debias == "odin":  # the dropped head, scored through the one path, then put back
+            quality, self.model.score = self.model.score, self.length_head
+            try:
+                length_head = heldout_scores(self.model, self.tokenizer, self.test, cfg.score_batch_size)
+            finally:
+                self.model.score = quality
+        results |= dropped_term_report(cfg.length_debias, self.trainer, self.style, responses(self.test), scored,
+                                       length_head)  # fmt: skip
+        results |= length_ruler(self.style, *responses(self.test), results["eval_accuracy"])
         return results | {f"train_{k}": v for k, v in self.info["train"].items()}
 
     def about(self) -> str:
         return "A reward model (sequence classification, one output) trained on pairwise preferences."
 
     def summary(self, results: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> str:
-        lines = [f"[reward] held-out accuracy {results['eval_accuracy']:.3f} on {results['eval_pairs']} pairs; "
-                 f"reward~length Spearman {results['eval_length_spearman']}"]  # fmt: skip
-        if self.cfg.length_debias == "joint":
-            lines.append(f"[reward] length term (dropped at inference): {results['length_weight_per_token']:.4g} per "
-                         f"token; with it, held-out reward~length Spearman "
-                         f"{results['eval_length_spearman_with_length_term']}")  # fmt: skip
-        return "\n".join(lines)
+        return summary_lines(results)
 
 
 def run(cfg: RewardArgs) -> dict[str, Any]:

@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from annotate.audit_stats import wilson
+
 TRAIN_PY = Path(__file__).resolve().parent / "train.py"
 ORDER = ("reward", "dpo", "ppo", "rloo")
 POLICIES = ("dpo", "ppo", "rloo")
@@ -187,29 +189,20 @@ def run(recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- the report --------------------------------------------------------------------------------------------------
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (better than the normal one near 0 or 1 and for small n)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (centre - half, centre + half)
+def length_rules(reward: dict[str, Any], path: str | None) -> dict[str, Any]:
+    """The length ruler next to the reward model: what the reward run measured on exactly the pairs it scored
+    (annotate/audit_ruler.py), else "pick the longer/shorter" recomputed on the held-out file."""
+    ruler = {k.removeprefix("ruler_"): v for k, v in reward.items() if k.startswith("ruler_")}
+    if not ruler and path and Path(path).exists():
+        from annotate.audit_ruler import rule_accuracies
+        from rlhf.data import load_preferences
 
-
-def length_rules(path: str | None) -> dict[str, Any] | None:
-    """Accuracy of "pick the longer" and "pick the shorter" (characters of the reply; ties count half) on pairs."""
-    if not path or not Path(path).exists():
-        return None
-    from rlhf.data import load_preferences
-
-    ds = load_preferences(path)
-    longer = shorter = 0.0
-    for chosen, rejected in zip(ds["chosen"], ds["rejected"]):
-        lc, lr = len(chosen[-1]["content"]), len(rejected[-1]["content"])
-        longer += 1.0 if lc > lr else 0.5 if lc == lr else 0.0
-        shorter += 1.0 if lc < lr else 0.5 if lc == lr else 0.0
-    n = len(ds)
-    return {"pairs": n, "longer_rule_accuracy": longer / n, "shorter_rule_accuracy": shorter / n}
+        ds = load_preferences(path)
+        rules = rule_accuracies([c[-1]["content"] for c in ds["chosen"]], [r[-1]["content"] for r in ds["rejected"]])
+        ruler = {"longer_accuracy": rules["longer"], "shorter_accuracy": rules["shorter"]}
+    keys = {"longer_rule_accuracy": "longer_accuracy", "shorter_rule_accuracy": "shorter_accuracy",
+            "style_model_accuracy": "style_accuracy", "ruler_flag": "flag", "ruler_verdict": "verdict"}  # fmt: skip
+    return {ours: ruler.get(theirs) for ours, theirs in keys.items()}
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -221,11 +214,11 @@ def build_report(recipe: dict[str, Any], out: Path, train: str, test: str | None
     reward = _read(out / "reward" / "eval.json")
     if reward:
         acc, n = reward.get("eval_accuracy"), int(reward.get("eval_pairs") or 0)
-        lo, hi = wilson(acc, n) if acc is not None else (None, None)
+        lo, hi = wilson(acc * n, n) if acc is not None else (None, None)
         report["reward"] = {"accuracy": acc, "ci95": [lo, hi], "pairs": n,
                             "length_spearman": reward.get("eval_length_spearman"),
                             "length_pearson": reward.get("eval_length_pearson"),
-                            **(length_rules(test) or {})}  # fmt: skip
+                            **length_rules(reward, test)}  # fmt: skip
     dpo = _read(out / "dpo" / "eval.json")
     if dpo:
         report["dpo"] = {"implicit_reward_accuracy": dpo.get("eval_accuracy"), "margin": dpo.get("eval_margin")}
@@ -261,7 +254,11 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                   f"{r['pairs']} pairs) |",
                   f"| \"pick the longer\" rule, same pairs | {_fmt(r.get('longer_rule_accuracy'))} |",
                   f"| \"pick the shorter\" rule, same pairs | {_fmt(r.get('shorter_rule_accuracy'))} |",
+                  f"| style-only model (fitted on the training pairs), same pairs | "
+                  f"{_fmt(r.get('style_model_accuracy'))} |",
                   f"| reward-length Spearman | {_fmt(r.get('length_spearman'))} |"]  # fmt: skip
+        if r.get("ruler_verdict"):
+            lines += ["", f"Length ruler: {r['ruler_verdict']}"]
     if report.get("dpo"):
         dpo_acc = _fmt(report["dpo"]["implicit_reward_accuracy"])
         lines += ["", f"DPO implicit-reward accuracy on held-out pairs: {dpo_acc}"]

@@ -40,6 +40,8 @@ def test_pipeline_runs_every_stage_resumes_and_reports(tmp_path, capsys):
     r = report["reward"]
     assert r["accuracy"] == reward_eval["eval_accuracy"] and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1]
     assert abs(r["longer_rule_accuracy"] + r["shorter_rule_accuracy"] - 1) < 1e-9
+    assert r["longer_rule_accuracy"] == reward_eval["ruler_longer_accuracy"]  # the reward run's ruler, same pairs
+    assert r["style_model_accuracy"] == reward_eval["ruler_style_accuracy"] and r["ruler_verdict"]
     assert set(report["policies"]) == {"dpo", "ppo", "rloo"}
     ev = json.loads((out / "evaluate-ppo" / "eval.json").read_text())
     assert report["policies"]["ppo"]["win_rate"] == ev["win_rate"]
@@ -79,5 +81,5 @@ def test_shipped_hh_recipe_parses_and_points_at_the_shared_sample():
 
 
 def test_wilson_interval():
-    lo, hi = pipeline.wilson(0.7, 100)
+    lo, hi = pipeline.wilson(70, 100)  # the audit's interval, the one the report uses
     assert 0.60 < lo < 0.61 and 0.78 < hi < 0.79

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,7 +239,10 @@ def reward_shift(accelerator, ref, reward, reward_tok, queries: list[Query], cfg
     chosen = random.Random(cfg.seed).sample(queries, min(cfg.reward_norm_prompts, len(queries)))
     mine = chosen[accelerator.process_index :: accelerator.num_processes]  # each rank samples its share
     total = torch.zeros(2, device=accelerator.device)  # (sum of scores, count)
-    for sl in _chunks(len(mine), cfg.forward_batch_size):
+    from tqdm.auto import tqdm
+
+    batches = list(_chunks(len(mine), cfg.forward_batch_size))
+    for sl in tqdm(batches, desc="ppo reward normalisation", disable=not accelerator.is_main_process):
         part = mine[sl]
         s = sample(ref, part, cfg, tok)
         scores = score_responses(reward, reward_tok, tok, [x.messages for x in part], s["responses"], len(part))
@@ -316,10 +320,13 @@ def heldout(model, ref, reward, reward_tok, prompts: list[Query], cfg: PPOArgs, 
     """Mean reward-model score (unshifted: the number `evaluate` gives), KL to the reference (nats per response) and
     length on held-out prompts. Sampled as in training, from a fixed seed, so before and after are comparable."""
     import torch
+    from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
     scores, kls, lengths, eos = [], [], [], []
-    for sl in _chunks(len(prompts), cfg.forward_batch_size):
+    # minutes on a CPU for a few dozen prompts: show it (rank 0 only, like the training bar)
+    batches = list(_chunks(len(prompts), cfg.forward_batch_size))
+    for sl in tqdm(batches, desc="ppo held-out", disable=int(os.environ.get("RANK", "0")) != 0):
         out = rollout(model, ref, reward, reward_tok, prompts[sl], cfg, tok)
         scores += out["scores"].tolist()
         kls += ((out["logprobs"] - out["ref_logprobs"]) * out["mask"]).sum(1).tolist()

@@ -1,10 +1,12 @@
 """Audit a store's judgments before training on them: agreement, annotator quality, position and length bias,
-preferred-vs-correct, and a Bradley-Terry ranking of the candidate sources.
+preferred-vs-correct, a Bradley-Terry ranking of the candidate sources, and the length ruler on the votes (how well
+"pick the longer", "pick the shorter" and a style-only model predict what annotators chose).
 
 Everything here is a pure function of the comparisons (the store's standing votes, annotate.store.standing_mask),
 returned as a typed `annotate.audit_types.AuditResult`, so the CLI (annotate.audit_cli), the HTML/JSON report
 and the app's Dashboard tab (annotate.audit_report) and the dataset card (annotate.cards) all show the same numbers.
-Module layers: audit_types <- audit_stats/features <- audit_agreement/bias/rank <- audit <- audit_report <- audit_cli.
+Module layers: audit_types <- audit_stats/features <- audit_agreement/bias/rank/ruler <- audit <- audit_report
+<- audit_cli.
 
 Conventions:
 - a *pair* is prompt_id + the unordered pair of response ids, so a pair shown with sides swapped is the same
@@ -28,8 +30,17 @@ import pyarrow as pa
 
 from annotate.audit_agreement import agreement, annotator_quality
 from annotate.audit_bias import length_bias, position_bias, preferred_vs_correct
-from annotate.audit_features import CONFIDENCE_MARKERS, FEATURES, HEDGE_MARKERS, pair_features
+from annotate.audit_features import (
+    CONFIDENCE_MARKERS,
+    FEATURES,
+    HEDGE_MARKERS,
+    STYLE_FEATURES,
+    _style_from_features,
+    pair_features,
+)
 from annotate.audit_rank import bt_ranking
+from annotate.audit_ruler import StyleModel, pair_accuracy
+from annotate.audit_stats import newton_logistic, wilson
 from annotate.audit_types import (
     AnnotatorQuality,
     AuditResult,
@@ -37,8 +48,10 @@ from annotate.audit_types import (
     Flags,
     LengthBias,
     PositionBias,
+    RuleScore,
     Settings,
     Summary,
+    VoteRuler,
 )
 from annotate.pool import GoldMap, gold_pairs
 from annotate.store import standing_mask
@@ -149,13 +162,16 @@ def run_audit(
     min_n: int = 20,
     alpha_chance: float = 0.05,
     alpha_bias: float = 0.01,
+    ruler_folds: int = 5,
 ) -> AuditResult:
     """The full audit (NaN where a figure is undefined; `AuditResult.to_dict()` is its JSON form)."""
     if length_unit not in ("chars", "words"):
         raise ValueError(f"length_unit must be 'chars' or 'words', got {length_unit!r}")
+    if ruler_folds < 2:
+        raise ValueError(f"ruler_folds must be at least 2, got {ruler_folds}")
     v = prepare_votes(data, gold)
     settings = Settings(n_boot=n_boot, seed=seed, length_unit=length_unit, min_n=min_n, alpha_chance=alpha_chance,
-                        alpha_bias=alpha_bias)  # fmt: skip
+                        alpha_bias=alpha_bias, ruler_folds=ruler_folds)  # fmt: skip
     rule = RANDOM_CLICKER_RULE.format(min_n=min_n, alpha_chance=alpha_chance, alpha_bias=alpha_bias)
     position, length = position_bias(v), length_bias(v, unit=length_unit, min_n=min_n)
     annotators, flags = flag_annotators(annotator_quality(v), position, length, rule, min_n=min_n,
@@ -173,6 +189,74 @@ def run_audit(
             hedge_markers=HEDGE_MARKERS, confidence_markers=CONFIDENCE_MARKERS, random_clicker_rule=rule
         ),
         flags=flags,
+        ruler=vote_ruler(v, folds=ruler_folds, seed=seed),
+    )
+
+
+# -- the length ruler on the votes ------------------------------------------------------------------------------
+def style_model_from_differences(d: np.ndarray, l2: float = 1.0) -> StyleModel:
+    """annotate.audit_ruler.fit_style_model's fit, from style differences already computed (chosen minus rejected).
+
+    The same scaling and penalty as fit_style_model (tests/test_audit.py checks the two agree on the same votes);
+    taking the differences lets the audit reuse the features prepare_votes extracted, where fit_style_model would
+    run the regexes over every text again once per fit (about 1 s per fit on 100k votes)."""
+    sd = d.std(axis=0) if len(d) else np.ones(len(STYLE_FEATURES))
+    scale = np.where(sd > 0, sd, 1.0)
+    weights, _ = newton_logistic(d / scale, np.ones(len(d)), l2=l2) if len(d) else (np.zeros(len(scale)), True)
+    return StyleModel(weights=np.asarray(weights, dtype=float), scale=scale, pairs=len(d))
+
+
+def _rule_score(margins: np.ndarray) -> RuleScore:
+    acc = pair_accuracy(margins)
+    return RuleScore(accuracy=acc, ci=wilson(acc * len(margins), len(margins)))  # ties count half: k may be fractional
+
+
+def _fold_of(prompts: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, int]:
+    """Each vote's fold, whole prompts to a fold (a prompt's votes share texts: splitting them would leak), and the
+    number of folds (fewer when there are fewer prompts)."""
+    codes, uniques = pd.factorize(prompts)
+    k = min(folds, len(uniques))
+    order = np.random.default_rng(seed).permutation(len(uniques))
+    fold_of_prompt = np.empty(len(uniques), dtype=int)
+    fold_of_prompt[order] = np.arange(len(uniques)) % k if k else 0
+    return fold_of_prompt[codes], k
+
+
+def vote_ruler(v: pd.DataFrame, folds: int = 5, seed: int = 0) -> VoteRuler:
+    """The length ruler's rules on the decisive, non-honeypot votes of prepare_votes (see VoteRuler)."""
+    m = (v["decisive"] & ~v["honeypot"]).to_numpy()
+    a_won = (v["choice"] == "a").to_numpy()[m]
+    fa = v.loc[m, [f"a_{f}" for f in FEATURES]].to_numpy(dtype=float)
+    fb = v.loc[m, [f"b_{f}" for f in FEATURES]].to_numpy(dtype=float)
+    # Oriented chosen-first, as the ruler scores held-out pairs: a positive margin means the rule got the vote right.
+    sign = np.where(a_won, 1.0, -1.0)
+    d = sign[:, None] * (_style_from_features(fa) - _style_from_features(fb))
+    chars = sign * (fa[:, FEATURES.index("chars")] - fb[:, FEATURES.index("chars")])
+    style = style_model_from_differences(d)
+    fold, k = _fold_of(v.loc[m, "prompt_id"].to_numpy(), folds, seed)
+    cv = np.full(len(d), np.nan)
+    if k >= 2:
+        for f in range(k):
+            held = fold == f
+            fit = style_model_from_differences(d[~held])
+            cv[held] = d[held] / fit.scale @ fit.weights
+    longer, shorter = _rule_score(chars), _rule_score(-chars)
+    in_sample = _rule_score(d / style.scale @ style.weights)
+    style_cv = _rule_score(cv) if k >= 2 else RuleScore(accuracy=np.nan, ci=(np.nan, np.nan))
+    rules = {"longer": longer.accuracy, "shorter": shorter.accuracy, "style": style_cv.accuracy}
+    scored = {name: acc for name, acc in rules.items() if np.isfinite(acc)}
+    # On a tie name length, the plainer explanation (as audit_ruler.verdict does).
+    best = max(scored, key=lambda r: (scored[r], r != "style", r == "longer")) if scored else ""
+    return VoteRuler(
+        votes=int(m.sum()),
+        prompts=int(v.loc[m, "prompt_id"].nunique()),
+        longer=longer,
+        shorter=shorter,
+        style_in_sample=in_sample,
+        style_cv=style_cv,
+        folds=k if k >= 2 else 0,
+        style_weights=style.coefficients() if len(d) else {},
+        best=best,
     )
 
 

@@ -25,6 +25,8 @@ from annotate.audit_types import (
     Proportion,
     Ranking,
     RankRow,
+    RuleScore,
+    VoteRuler,
 )
 from annotate.pool import GoldMap
 
@@ -115,6 +117,7 @@ def _bias_findings(audit: AuditResult) -> list[str]:
             f"{pl.n} decisive votes with lengths differing in {unit}; binomial {_p(pl.p_value)})."
         )
     out += _regression_findings(audit)
+    out += _ruler_findings(audit.ruler)
     pvc = audit.preferred_vs_correct.overall
     if pvc.n:
         out.append(
@@ -140,6 +143,49 @@ def _regression_findings(audit: AuditResult) -> list[str]:
             word = "more" if c.coef > 0 else "less"
             out.append(f"Responses with more {name} markers were chosen {word} often ({_p(c.p_value)}).")
     return out
+
+
+# rule -> (what predicts, its verb, what a model matching it would be measuring)
+RULER_WHAT = {
+    "longer": ('length alone ("pick the longer")', "predicts", "length"),
+    "shorter": ('length alone ("pick the shorter")', "predicts", "length"),
+    "style": ("length and style alone (a style-only model, cross-validated by prompt)", "predict", "length and style"),
+}
+
+
+def ruler_best(ruler: VoteRuler) -> RuleScore | None:
+    """The score of the rule that predicts the votes best (the style model's cross-validated one), if any."""
+    return {"longer": ruler.longer, "shorter": ruler.shorter, "style": ruler.style_cv}.get(ruler.best)
+
+
+def _ruler_findings(ruler: VoteRuler | None) -> list[str]:
+    """How well length and style alone predict the votes: the headline, then every rule."""
+    best = ruler_best(ruler) if ruler is not None else None
+    if ruler is None or best is None:
+        return []
+    what, verb, measure = RULER_WHAT[ruler.best]
+    if best.ci[0] > 0.5:
+        head = (
+            f"{what[0].upper() + what[1:]} {verb} {_pct(best.accuracy)} of votes ({_ci_pct(best.ci)}, "
+            f"{ruler.votes} decisive votes): "
+            f"a reward model trained on them can reach that accuracy by measuring {measure}, so its held-out "
+            "accuracy must clear this (the length ruler in its report)."
+        )
+    else:
+        head = (
+            "Length and style alone do not predict the votes better than chance: the best rule, "
+            f"{what}, gets {_pct(best.accuracy)} ({_ci_pct(best.ci)})."
+        )
+    if ruler.folds:
+        cv = f"{_pct(ruler.style_cv.accuracy)} cross-validated ({ruler.folds}-fold by prompt)"
+    else:
+        cv = "not cross-validated (fewer than two prompts)"
+    detail = (
+        f'Length ruler on {ruler.votes} decisive votes (ties in length count half): "pick the longer" '
+        f'{_pct(ruler.longer.accuracy)}, "pick the shorter" {_pct(ruler.shorter.accuracy)}, a style-only model '
+        f"(length, Markdown, hedging, confidence) {_pct(ruler.style_in_sample.accuracy)} in sample, {cv}."
+    )
+    return [head, detail]
 
 
 def _habit_findings(audit: AuditResult) -> list[str]:
@@ -311,6 +357,31 @@ def _annotator_rows(audit: AuditResult) -> list[list[Any]]:
     return rows
 
 
+def _ruler_html(ruler: VoteRuler | None) -> str:
+    """The length ruler on the votes: one row per rule, then the style model's weights."""
+    if ruler is None:
+        return "<p>Not in this audit (read from a version-1 audit JSON).</p>"
+    if not ruler.votes:
+        return "<p>No decisive vote to score.</p>"
+    cv = f"{ruler.folds}-fold cross-validated by prompt" if ruler.folds else "cross-validated (fewer than 2 prompts)"
+    rules = [
+        ('"pick the longer"', ruler.longer),
+        ('"pick the shorter"', ruler.shorter),
+        ("a style-only model, in sample (optimistic)", ruler.style_in_sample),
+        (f"a style-only model, {cv}", ruler.style_cv),
+    ]
+    rows = [[html.escape(name), _pct(sc.accuracy), _ci_pct(sc.ci)] for name, sc in rules]
+    weights = ", ".join(f"{k} {w:+.2f}" for k, w in ruler.style_weights.items())
+    return (
+        f"<p>How well length and style alone predict the {ruler.votes} decisive votes on {ruler.prompts} prompts "
+        "(honeypots left out; lengths in characters, ties count half): what a reward model trained on these votes "
+        "must beat (annotate.audit_ruler).</p>"
+        + _table(["rule", "votes predicted", "95% CI"], rows)
+        + f"<p>Style-only model weights (per standard deviation of each difference): <code>{html.escape(weights)}"
+        "</code></p>"
+    )
+
+
 def _rank_row(r: RankRow) -> list[Any]:
     return [r.rank, html.escape(r.source), f"{r.score:.0f}", f"{r.ci[0]:.0f} to {r.ci[1]:.0f}", r.comparisons]
 
@@ -336,6 +407,7 @@ def render_html(audit: AuditResult, title: str = "Preference data audit") -> str
 <style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>
 <h2>Findings</h2><ul>{items}</ul><h2>Figures</h2>{imgs}
 <h2>Annotators</h2>{ann}<h2>Pairwise agreement</h2>{kappa}
+<h2>Length ruler on the votes</h2>{_ruler_html(audit.ruler)}
 <h2>Bradley-Terry ranking</h2><h3>Plain</h3>{plain}
 <h3>Style-controlled (length and Markdown headers, lists, bold as covariates)</h3>{style}
 <h2>Definitions</h2><p>{html.escape(d.random_clicker_rule)}</p>

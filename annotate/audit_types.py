@@ -10,8 +10,13 @@ top; `AuditResult.from_dict()` reads it back, including files written before the
 are version 1 without the key). Schema versions:
 
 - 1: the first documented form. "store" ({store, version, rows}) is present when the CLI read a store version.
+- 2: adds "ruler" (VoteRuler: how well length and style alone predict the votes) and settings.ruler_folds. Every
+  version-2 file written by run_audit has it; it is null only in an audit read from a version-1 file and written
+  again. Version-1 files still read (ruler None, ruler_folds its default).
 
-Raise SCHEMA_VERSION when a key is renamed, removed or changes meaning; adding a key with a default does not.
+Raise SCHEMA_VERSION when a key is renamed, removed or changes meaning, or when a section is added that readers
+of the new version may rely on (as "ruler"); an optional key with a default does not need it. from_dict reads
+every version up to SCHEMA_VERSION.
 Conventions for the figures (pairs, labels, honeypots, placements) are in annotate.audit's docstring.
 """
 
@@ -26,7 +31,7 @@ from typing import Any, TypeVar
 
 from annotate.jsonutil import to_jsonable  # the project's one JSON cleaner
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Interval = tuple[float, float]  # a 95% interval (lo, hi); (nan, nan) when undefined
 T = TypeVar("T", bound="Record")
@@ -132,6 +137,7 @@ class Settings(Record):
     min_n: int
     alpha_chance: float
     alpha_bias: float
+    ruler_folds: int = 5  # cross-validation folds of the vote ruler's style-only model (schema 2)
 
 
 @_frozen
@@ -280,6 +286,36 @@ class Flags(Record):
 
 
 @_frozen
+class RuleScore(Record):
+    """A rule's accuracy on the votes (ties count half) and its 95% Wilson interval (votes taken as independent)."""
+
+    accuracy: float
+    ci: Interval
+
+
+@_frozen
+class VoteRuler(Record):
+    """What length and style alone predict of the votes: the length ruler's rules (annotate.audit_ruler) scored on
+    every decisive vote (repeats and imported votes included, honeypots left out), the chosen response against the
+    rejected one, lengths in characters.
+
+    The style-only model is fitted on the votes themselves, so its in-sample accuracy is optimistic; `style_cv`
+    predicts each vote with a model fitted on the other prompts' votes (`folds`-fold by prompt; 0 folds and NaN
+    with fewer than two prompts). `best` names the rule that predicts most ("longer", "shorter", or "style" by its
+    cross-validated accuracy; "" without votes)."""
+
+    votes: int
+    prompts: int
+    longer: RuleScore
+    shorter: RuleScore
+    style_in_sample: RuleScore
+    style_cv: RuleScore
+    folds: int
+    style_weights: dict[str, float]  # the in-sample fit's weights, one per style feature on standardised differences
+    best: str
+
+
+@_frozen
 class StoreRef(Record):
     """The sealed store version an audit read, so that it can be re-run on exactly those votes."""
 
@@ -302,6 +338,7 @@ class AuditResult(Record):
     ranking: Ranking
     definitions: Definitions
     flags: Flags
+    ruler: VoteRuler | None = None  # None only when read from a version-1 file
     store: StoreRef | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -313,14 +350,15 @@ class AuditResult(Record):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AuditResult:
         version = data.get("schema_version", 1)  # files written before the field existed are version 1
-        if version != SCHEMA_VERSION:
+        if version not in range(1, SCHEMA_VERSION + 1):
             raise ValueError(
-                f"audit JSON schema_version {version} is not supported (this code reads {SCHEMA_VERSION})"
+                f"audit JSON schema_version {version} is not supported (this code reads 1 to {SCHEMA_VERSION})"
             )
         try:
+            # Sections a version lacks keep their dataclass defaults (version 1: no "ruler").
             return _decode(cls, {k: v for k, v in data.items() if k != "schema_version"})
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"not an audit JSON of schema version {SCHEMA_VERSION}: {e}") from e
+            raise ValueError(f"not an audit JSON of schema version {version}: {e}") from e
 
 
 @_frozen

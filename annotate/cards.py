@@ -56,7 +56,16 @@ def _audit_section(audit: AuditResult | None, why_missing: str) -> str:
         "share of decisive votes for the longer response": audit.length.p_longer.overall.rate,
         "annotators flagged as random clickers": len(audit.flags.random_clickers),
     }
-    note = "50% means no position or length preference; alpha 1 is full agreement, 0 is chance."
+    r = audit.ruler  # None when read from an audit.json of schema version 1
+    if r is not None and r.votes:
+        rows |= {
+            'votes predicted by "pick the longer"': r.longer.accuracy,
+            'votes predicted by "pick the shorter"': r.shorter.accuracy,
+            f"votes predicted by a style-only model ({r.folds}-fold cross-validated)": r.style_cv.accuracy,
+        }
+    note = ("50% means no position or length preference; alpha 1 is full agreement, 0 is chance. A reward model "
+            "trained on these votes must beat the best \"votes predicted by\" figure to show more than length "
+            "and style.")  # fmt: skip
     return table(rows, ("figure (annotate.audit)", "value")) + f"\n\n{note}"
 
 

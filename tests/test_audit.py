@@ -366,6 +366,78 @@ def test_result_round_trips_through_json(audit, tmp_path):
         AuditResult.from_dict({"schema_version": SCHEMA_VERSION, "summary": {}})
 
 
+def _length_loving_store(path: Path, p_longer: float, prompts: int = 300, seed: int = 5) -> Path:
+    """Three annotators judge every pair of two random-length answers, picking the longer with probability
+    p_longer and the shorter otherwise (no quality difference at all); lengths never tie."""
+    rng = np.random.default_rng(seed)
+    records, t0 = [], datetime(2025, 1, 1, tzinfo=UTC)
+    for i in range(prompts):
+        a, b = _text(rng), _text(rng)
+        while len(a) == len(b):
+            b = _text(rng)
+        longer = "a" if len(a) > len(b) else "b"
+        for who in ("u1", "u2", "u3"):
+            choice = longer if rng.random() < p_longer else {"a": "b", "b": "a"}[longer]
+            records.append(new_comparison(
+                prompt_id=f"p{i}", prompt=[{"role": "user", "content": "q"}], response_a_id=f"p{i}-a", response_a=a,
+                response_b_id=f"p{i}-b", response_b=b, choice=choice, left=str(rng.choice(["a", "b"])), annotator=who,
+                created_at=t0 + timedelta(seconds=len(records)),
+            ))  # fmt: skip
+    ComparisonStore(path).write_batch(records)
+    return path
+
+
+def test_length_ruler_on_votes_where_annotators_prefer_the_longer(tmp_path):
+    """Annotators who pick the longer answer 75% of the time: "pick the longer" predicts ~75% of the votes, the
+    style-only model (mostly its length weight) as much in and out of sample, and the findings say so."""
+    from annotate.audit_report import findings
+    from annotate.audit_ruler import fit_style_model, rule_accuracies
+
+    table = read_table(str(_length_loving_store(tmp_path / "s", 0.75)))
+    result = run_audit(table, n_boot=50)
+    r = result.ruler
+    assert (r.votes, r.prompts, r.folds) == (900, 300, 5)
+    assert _inside(0.75, r.longer.ci) and r.longer.ci[0] > 0.7
+    assert r.shorter.accuracy == pytest.approx(1 - r.longer.accuracy)  # no equal lengths: the two rules mirror
+    assert r.style_weights["length"] > 0.5
+    # Cross-validation by prompt changes little here: length is the whole story, and one weight carries it.
+    assert abs(r.style_cv.accuracy - r.style_in_sample.accuracy) < 0.03
+    assert r.best == "longer"
+    # The audit's figures are annotate.audit_ruler's own rules on the same votes, chosen against rejected.
+    rows = table.to_pylist()
+    chosen = [x[f"response_{x['choice']}"] for x in rows]
+    rejected = [x["response_b" if x["choice"] == "a" else "response_a"] for x in rows]
+    style = fit_style_model(chosen, rejected)
+    rules = rule_accuracies(chosen, rejected, style)
+    assert (r.longer.accuracy, r.shorter.accuracy) == (rules["longer"], rules["shorter"])
+    assert r.style_in_sample.accuracy == pytest.approx(rules["style"])
+    assert r.style_weights == pytest.approx(style.coefficients())
+    pct = f"{100 * r.longer.accuracy:.0f}%"
+    text = findings(result)
+    assert any(s.startswith(f'Length alone ("pick the longer") predicts {pct} of votes') for s in text), text
+    page = render_html(result)
+    assert "Length ruler on the votes" in page and "&quot;pick the longer&quot;" in page and pct in page
+    # Control: annotators indifferent to length. No rule clears chance, and the findings say that instead.
+    control = run_audit(read_table(str(_length_loving_store(tmp_path / "c", 0.5))), n_boot=50)
+    assert control.ruler.longer.ci[0] < 0.5 < control.ruler.longer.ci[1]
+    assert control.ruler.style_cv.ci[0] < 0.5
+    assert any(s.startswith("Length and style alone do not predict the votes") for s in findings(control))
+
+
+def test_version_1_audit_json_still_reads(audit):
+    """A file written before the vote ruler (schema 1, with or without the version key) reads, with no ruler, and
+    its report renders; run_audit's own output is version 2 and always carries the ruler."""
+    data = audit.to_dict()
+    assert data["schema_version"] == 2 and data["ruler"]["votes"] > 0
+    v1 = {k: v for k, v in data.items() if k != "ruler"}
+    v1["settings"] = {k: v for k, v in data["settings"].items() if k != "ruler_folds"}
+    for old in ({**v1, "schema_version": 1}, {k: v for k, v in v1.items() if k != "schema_version"}):
+        back = AuditResult.from_dict(json.loads(json.dumps(old)))
+        assert back.ruler is None and back.settings.ruler_folds == 5
+        assert back.ranking.plain == audit.ranking.plain and back.flags == audit.flags
+        assert "Not in this audit" in render_html(back)
+
+
 def test_one_logistic_solver_batched_matches_single_fits():
     """newton_logistic solves a batch of weightings at once (the Bradley-Terry bootstrap) with the same answer
     as one fit per weighting, and fit_logistic (the bias regressions) agrees with it."""

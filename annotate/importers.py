@@ -6,7 +6,16 @@
         warning naming their lines; `--strict` makes them errors.
 - trl:  TRL preference data (prompt/chosen/rejected, plain strings or conversational; or the implicit-prompt form
         with chosen/rejected as whole conversations; read by annotate.trl_rows) from JSONL(.gz), Parquet or a
-        `datasets.save_to_disk` folder.
+        `datasets.save_to_disk` folder. A row that carries a gold answer keeps it as a verifier (annotate.verifiers):
+        a `verifier` column (a spec, or its JSON text) is taken as it is; otherwise the first non-empty of the
+        columns GOLD_COLUMNS ("answer", "gold_answer", "gold", "solution") becomes one: a number, or text that is
+        one number ("1,234", "-3.5"), gives {"type": "numeric"}; other text {"type": "exact"}. Text holding "####"
+        (GSM8K's convention for a worked solution) is cut to what follows the last "####". Gold text that is
+        still not a one-line answer of at most GOLD_MAX_CHARS (a worked solution) gives no verifier; a warning
+        counts those rows. Comparisons have no field for it, so the verifiers are stored the way pools are: a
+        pool of the imported candidates (prompt and response ids as the comparisons') with `meta.verifier`, in the
+        store's pool folder, where the audit reads pools from. Two rows of one prompt with different gold answers
+        are refused, naming both places.
 - pool: a candidate pool (JSONL, CSV or Parquet, see annotate.pool) is validated and copied as Parquet into
         the store's pool folder (annotate.store.pool_dir) as pool-<content hash>.parquet; the audit reads gold
         pairs from there.
@@ -33,19 +42,35 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
+
 from annotate.errors import require_extra
 from annotate.pool import read_pool
 from annotate.readers import is_jsonl, iter_jsonl, iter_parquet
-from annotate.schema import SchemaError, comparison_id_for, content_key, new_comparison, prompt_id_for
+from annotate.schema import (
+    SchemaError,
+    check_pool_row,
+    comparison_id_for,
+    content_key,
+    new_comparison,
+    pool_table,
+    prompt_id_for,
+)
 from annotate.trl_rows import check_distinct, split_trl
+from annotate.verifiers import validate as validate_verifier
 
 ASSISTANT = "\n\nAssistant:"
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+# Columns of TRL-style data read as a gold answer, in this order of preference (see the module doc).
+GOLD_COLUMNS = ("answer", "gold_answer", "gold", "solution")
+GOLD_MAX_CHARS = 200  # longer gold text is a worked solution, which no exact comparison would ever match
+_ONE_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
 # prompt_id_for (imported above) is the schema's one prompt id; annotate.importers.prompt_id_for stays importable.
 
 
@@ -134,15 +159,93 @@ def _trl_rows(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def read_trl(path: Path) -> list[tuple[str, list, str, str]]:
+    return read_trl_gold(path)[0]
+
+
+# prompt_id -> (verifier spec, where it was first given)
+Verifiers = dict[str, tuple[dict, str]]
+
+
+def gold_verifier(row: dict) -> tuple[dict | None, str | None, bool]:
+    """(verifier or None, the column it came from, whether a gold column was there but gave no verifier) of a TRL
+    row, per the module doc. A malformed `verifier` column raises SchemaError naming it."""
+    spec = row.get("verifier")
+    if isinstance(spec, str) and spec.strip():
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise SchemaError(f"field 'verifier': not valid JSON ({e.msg})") from None
+    if isinstance(spec, dict):  # a Parquet struct column fills the keys other rows' kinds use with None
+        spec = {k: v for k, v in spec.items() if v is not None}
+    if spec is not None and spec != "":
+        validate_verifier(spec, "", field="verifier")
+        return spec, "verifier", False
+    for col in GOLD_COLUMNS:
+        value = row.get(col)
+        if value is None or value == "":
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            numeric = {"type": "numeric", "answer": value}
+            try:
+                validate_verifier(numeric, "", field=col)
+            except SchemaError:
+                return None, col, True  # nan or inf: nothing to compare with
+            return numeric, col, False
+        if not isinstance(value, str):
+            return None, col, True
+        text = value.rsplit("####", 1)[-1].strip()
+        if not text or "\n" in text or len(text) > GOLD_MAX_CHARS:
+            return None, col, True
+        if _ONE_NUMBER.fullmatch(text):
+            return {"type": "numeric", "answer": float(text.replace(",", ""))}, col, False
+        return {"type": "exact", "answer": text}, col, False
+    return None, None, False
+
+
+def read_trl_gold(path: Path) -> tuple[list[tuple[str, list, str, str]], Verifiers, int]:
+    """(pairs as read_trl's, the verifiers of prompts whose rows carry gold answers, how many rows had gold text
+    that gave no verifier)."""
     from tqdm import tqdm
 
-    out = []
+    out, verifiers, unusable = [], {}, 0
     for where, row in tqdm(_trl_rows(path), desc=f"reading {path.name}", unit=" rows", mininterval=0.5):
         try:
-            out.append((where, *split_trl(row)))
+            pair = split_trl(row)
+            spec, col, skipped = gold_verifier(row)
         except SchemaError as e:
             raise SchemaError(f"{path}: {where}: {e}") from None
-    return out
+        out.append((where, *pair))
+        unusable += skipped
+        if spec is None:
+            continue
+        first = verifiers.setdefault(prompt_id_for(pair[0]), (spec, where))
+        if first[0] != spec:
+            why = f"the gold answer differs from the one on {first[1]} for the same prompt"
+            raise SchemaError(f"{path}: {where}: field '{col}': {why}")
+    return out, verifiers, unusable
+
+
+def verifier_pool(pairs: list, verifiers: Verifiers, *, source: str, origin: str) -> list[dict]:
+    """Pool rows (annotate.pool) of the candidates of prompts with a verifier, with the comparisons' ids; each
+    response once. The file's path does not go in (`origin` only names it in errors): importing the file again,
+    from anywhere, finds the same pool file (pool-<content hash>) rather than adding a second one."""
+    rows, seen = [], set()
+    for where, prompt, chosen, rejected in pairs:
+        pid = prompt_id_for(prompt)
+        if pid not in verifiers:
+            continue
+        meta = json.dumps({"verifier": verifiers[pid][0]}, sort_keys=True)
+        for text in (chosen, rejected):
+            rid = response_id_for(pid, text)
+            if (pid, rid) in seen:
+                continue
+            seen.add((pid, rid))
+            row = {"prompt_id": pid, "prompt": prompt, "response_id": rid, "response": text, "source": source}
+            try:
+                rows.append(check_pool_row({**row, "meta": meta}))
+            except SchemaError as e:
+                raise SchemaError(f"{origin}: {where}: {e}") from None
+    return rows
 
 
 # -- into the store --------------------------------------------------------------------------------------------
@@ -196,13 +299,18 @@ def to_comparisons(pairs: list, *, path: Path, fmt: str, annotator: str, source:
 def import_pool(src: Path, store_dir: Path, *, allow_empty: bool = False) -> Path | None:
     """Validate a pool and copy it into the store's pool folder as pool-<hash>.parquet (atomic; same content, same
     file). None when the pool has no rows (only with `allow_empty`): there is nothing to copy."""
+    table = read_pool(src, allow_empty=allow_empty)
+    if table.num_rows == 0:
+        return None
+    return store_pool(table, store_dir)
+
+
+def store_pool(table: pa.Table, store_dir: Path) -> Path:
+    """Copy a validated pool table into the store's pool folder as pool-<hash>.parquet (atomic; idempotent)."""
     import pyarrow.parquet as pq
 
     from annotate.store import ComparisonStore, pool_dir, write_parquet_atomic
 
-    table = read_pool(src, allow_empty=allow_empty)
-    if table.num_rows == 0:
-        return None
     ComparisonStore(store_dir)  # make the folder a store, so later imports of comparisons accept it
     digest = hashlib.sha1(json.dumps(table.to_pylist(), ensure_ascii=False).encode()).hexdigest()[:16]
     out = pool_dir(store_dir) / f"pool-{digest}.parquet"
@@ -264,12 +372,17 @@ def main(args: argparse.Namespace) -> int:
         out = import_pool(src, store_dir, allow_empty=args.allow_empty)
         print(f"pool {src} -> {out}" if out else f"pool {src}: no records, nothing imported")
         return 0
+    verifiers: Verifiers = {}  # HH data has no gold answers
     if args.format == "hh":
         pairs, skipped = read_hh(src, strict=args.strict)
         default_who = "hh-rlhf"
     else:
-        pairs, skipped = read_trl(src), []
+        pairs, verifiers, unusable = read_trl_gold(src)
+        skipped = []
         default_who = f"trl:{src.name.split('.')[0]}"
+        if unusable:
+            why = f"a gold column ({', '.join(GOLD_COLUMNS)}) that is not a one-line answer"
+            print(f"warning: {unusable} rows have {why}: no verifier kept for them", file=sys.stderr)
     if skipped:
         msg = f"warning: skipped {len(skipped)} records whose chosen/rejected prompts differ"
         print(f"{msg} ({_places([f'line {n}' for n in skipped])})", file=sys.stderr)
@@ -281,7 +394,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"{len(repeats)} duplicate records in {src} ({_places(repeats)}) imported once", file=sys.stderr)
     who = args.annotator or default_who
     records = to_comparisons(pairs, path=src, fmt=args.format, annotator=who, source=args.source or default_who)
+    checkable = verifier_pool(pairs, verifiers, source=args.source or default_who, origin=str(src))
     _write(records, store_dir, src)
+    if checkable:  # after the votes: a failed write here is repaired by importing again (both are idempotent)
+        out = store_pool(pool_table(checkable), store_dir)
+        print(f"kept {len(verifiers)} verifiers ({len(checkable)} candidates) in {out}")
     return 0
 
 

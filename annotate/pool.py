@@ -2,8 +2,10 @@
 
 A pool row is (prompt_id, prompt, response_id, response, source, meta); see annotate.schema.POOL_SCHEMA.
 `prompt` may be a plain string (one user turn) or a list of {role, content} messages; in CSV it is either
-plain text or a JSON list. Every error names the file, the physical line (or Parquet row) and the field: files
-are read with annotate.readers, the one reader of each file kind.
+plain text or a JSON list. `meta` (a JSON object) may hold `verifier`, a machine check of answers to the prompt
+(annotate.verifiers), validated on load; a prompt's rows carry the same one or none. Every error names the
+file, the physical line (or Parquet row) and the field: files are read with annotate.readers, the one reader of
+each file kind.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from annotate.readers import (  # noqa: F401
     parse_json,
 )
 from annotate.schema import SchemaError, as_messages, check_pool_row, pool_table, prompt_id_for
+from annotate.verifiers import validate as validate_verifier
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -57,6 +60,7 @@ def read_pool(path: str | Path, *, allow_empty: bool = False) -> pa.Table:
         raise FileNotFoundError(f"{path}: no such pool file")
     unit = "row" if path.suffix == ".parquet" else "line"
     rows, seen = [], set()
+    verifiers: dict[str, tuple[dict, int]] = {}  # prompt_id -> (its verifier, the line that first gave it)
     for n, raw in _rows(path):
         try:
             row = check_pool_row(raw)
@@ -64,6 +68,7 @@ def read_pool(path: str | Path, *, allow_empty: bool = False) -> pa.Table:
             raise SchemaError(f"{path}: {unit} {n}: {e}") from None
         except RecursionError:  # the only recursive step is parsing `meta`
             raise SchemaError(f"{path}: {unit} {n}: field 'meta': JSON nested too deeply to read") from None
+        _check_verifier(row, f"{path}: {unit} {n}", verifiers, unit, n)
         key = (row["prompt_id"], row["response_id"])
         if key in seen:
             raise SchemaError(f"{path}: {unit} {n}: field 'response_id': duplicate {key[1]!r} for prompt {key[0]!r}")
@@ -72,6 +77,35 @@ def read_pool(path: str | Path, *, allow_empty: bool = False) -> pa.Table:
     if not rows and not allow_empty:
         raise SchemaError(f"{path}: no records (the pool is empty)")
     return pool_table(rows)
+
+
+def _check_verifier(row: dict, where: str, verifiers: dict[str, tuple[dict, int]], unit: str, n: int) -> None:
+    """Validate the row's `meta.verifier`, if any. A verifier checks answers to the prompt, not to one candidate:
+    rows of one prompt may leave it out, but two different ones for the same prompt are refused (which would a
+    reward use?)."""
+    meta = json.loads(row["meta"])
+    if not isinstance(meta, dict) or "verifier" not in meta:
+        return
+    spec = meta["verifier"]
+    validate_verifier(spec, where)
+    first = verifiers.setdefault(row["prompt_id"], (spec, n))
+    if first[0] != spec:
+        why = f"differs from the verifier on {unit} {first[1]} for prompt {row['prompt_id']!r}"
+        raise SchemaError(f"{where}: field 'meta.verifier': {why}")
+
+
+def pool_verifiers(pool: pa.Table) -> dict[str, dict]:
+    """prompt_id -> verifier spec (annotate.verifiers) for the prompts of a pool that carry one in `meta.verifier`.
+    A pool from read_pool has them validated and consistent per prompt; the first row's is taken."""
+    out: dict[str, dict] = {}
+    for row in pool.select(["prompt_id", "meta"]).to_pylist():
+        try:
+            meta = json.loads(row["meta"] or "{}")
+        except json.JSONDecodeError:
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get("verifier"), dict):
+            out.setdefault(row["prompt_id"], meta["verifier"])
+    return out
 
 
 def write_pool(table_or_rows: pa.Table | list[dict], path: str | Path) -> Path:

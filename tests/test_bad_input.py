@@ -94,6 +94,9 @@ def deep_json(depth: int = 100_000) -> str:
 # A pool record spanning lines 2-4 (a quoted response with two newlines), so record 2 is on physical line 5.
 MULTILINE = pool_row(9, response="one\ntwo\nthree")
 CP1252 = b"p,Hi,r1,caf\xe9 cr\xe8me,me,{}\n"  # Windows-1252: \xe9 and \xe8 are not UTF-8
+VERIFIER = {"verifier": {"type": "exact", "answer": "Hello"}}
+OTHER_VERIFIER = {"verifier": {"type": "exact", "answer": "Bye"}}
+BAD_REGEX = {"verifier": {"type": "regex", "pattern": "("}}
 
 # case -> (format, file name, writer, patterns the message must hold besides the file name)
 IMPORT_CASES = {
@@ -166,6 +169,22 @@ IMPORT_CASES = {
         ["no records"],
     ),
     "pool CSV with a header only": ("pool", "p.csv", lambda p: csv_pool(p, []), ["no records"]),
+    # A verifier (meta.verifier, annotate.verifiers) is checked on load, not when a reward first calls it.
+    "pool: malformed verifier after a blank line": (
+        "pool", "p.jsonl",
+        lambda p: lines(p, [pool_row(0, meta=VERIFIER), "", pool_row(1, meta={"verifier": {"type": "numeric"}})]),
+        ["line 3", r"field 'meta\.verifier\.answer'"],
+    ),
+    "pool CSV: verifier regex that does not compile": (
+        "pool", "p.csv",
+        lambda p: csv_pool(p, [MULTILINE, pool_row(1, meta=json.dumps(BAD_REGEX))]),
+        ["line 5", r"field 'meta\.verifier\.pattern'", "not a valid regular expression"],
+    ),
+    "pool: two verifiers for one prompt": (
+        "pool", "p.jsonl",
+        lambda p: lines(p, [pool_row(0, meta=VERIFIER), pool_row(1, meta=OTHER_VERIFIER)]),
+        ["line 2", r"field 'meta\.verifier'", "differs from the verifier on line 1"],
+    ),
 }  # fmt: skip
 EMPTY = [c for c, (*_, patterns) in IMPORT_CASES.items() if patterns == ["no records"]]
 

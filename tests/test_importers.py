@@ -254,3 +254,61 @@ def test_real_hh_file_reimported_doubled_adds_nothing(tmp_path, capsys):
     out = capsys.readouterr()
     assert "imported 0 comparisons" in out.out and f"{n} duplicate records" in out.err
     assert read_table(str(tmp_path / "S")).num_rows == n
+
+
+GOLD_ROWS = [
+    {"prompt": "What is 6 x 7?", "chosen": "42", "rejected": "The answer is 48.", "answer": 42},
+    {"prompt": "Natalia sold 48 clips, then half as many. Total?", "chosen": "72", "rejected": "96",
+     "answer": "She sold 48 / 2 = 24 more.\n48 + 24 = 72.\n#### 72"},  # GSM8K's worked solution
+    {"prompt": "Capital of Peru?", "chosen": "Lima.", "rejected": "Cusco.", "gold": "Lima"},
+    {"prompt": "Say hi in French.", "chosen": "Bonjour", "rejected": "Hola",
+     "verifier": json.dumps({"type": "regex", "pattern": "(?i)bonjour|salut"})},
+    {"prompt": "What is 6 x 7?", "chosen": "6 x 7 = 42", "rejected": "41", "answer": "42"},  # same gold again
+    {"prompt": "No gold here", "chosen": "a", "rejected": "b"},
+]  # fmt: skip
+
+
+def test_trl_gold_columns_become_verifiers_in_the_store_pool(tmp_path, capsys):
+    from annotate.pool import pool_verifiers
+    from annotate.verifiers import verify
+
+    src = write_jsonl(tmp_path / "gold.jsonl", GOLD_ROWS)
+    assert run(src, "trl", tmp_path / "S") == 0
+    assert "kept 4 verifiers (10 candidates)" in capsys.readouterr().out
+    (pool_file,) = pool_dir(tmp_path / "S").glob("pool-*.parquet")
+    pool = read_pool(pool_file)  # a valid pool, verifiers validated on load
+    verifiers = pool_verifiers(pool)
+    assert sorted(v["type"] for v in verifiers.values()) == ["exact", "numeric", "numeric", "regex"]
+    assert {"type": "numeric", "answer": 72.0} in verifiers.values()
+    # The pool's ids are the comparisons': the audit joins votes to verdicts on them.
+    votes = read_table(tmp_path / "S").to_pylist()
+    texts = {(r["prompt_id"], r["response_id"]): r["response"] for r in pool.to_pylist()}
+    for v in votes:
+        if v["prompt_id"] in verifiers:
+            spec = verifiers[v["prompt_id"]]
+            assert verify(spec, texts[(v["prompt_id"], v["response_a_id"])])  # chosen is right in GOLD_ROWS
+            assert not verify(spec, texts[(v["prompt_id"], v["response_b_id"])])
+    assert run(src, "trl", tmp_path / "S") == 0  # re-import: the same pool file, nothing added
+    assert len(list(pool_dir(tmp_path / "S").glob("pool-*.parquet"))) == 1
+
+
+def test_trl_gold_that_is_no_short_answer_keeps_no_verifier(tmp_path, capsys):
+    rows = [{**GOLD_ROWS[0], "answer": None, "solution": "First we note that...\nso it is 42."}, GOLD_ROWS[5]]
+    assert run(write_jsonl(tmp_path / "long.jsonl", rows), "trl", tmp_path / "S") == 0
+    assert "1 rows have a gold column" in capsys.readouterr().err
+    assert not list(pool_dir(tmp_path / "S").glob("pool-*.parquet"))
+
+
+@pytest.mark.parametrize(
+    ("row", "named"),
+    [
+        ({**GOLD_ROWS[0], "answer": "41"}, r"line 2: field 'answer': the gold answer differs from the one on line 1"),
+        ({**GOLD_ROWS[5], "verifier": {"type": "numeric"}}, r"line 2: field 'verifier\.answer'"),
+        ({**GOLD_ROWS[5], "verifier": "{not json"}, r"line 2: field 'verifier': not valid JSON"),
+    ],
+)
+def test_trl_bad_gold_is_refused_naming_line_and_field(tmp_path, row, named):
+    src = write_jsonl(tmp_path / "bad.jsonl", [GOLD_ROWS[0], row])
+    with pytest.raises(SchemaError, match=named):
+        run(src, "trl", tmp_path / "S")
+    assert not (tmp_path / "S").exists()  # refused before anything was written

@@ -54,7 +54,7 @@ def main() -> int:
     tok = load_tokenizer(args.model)
     model = load_reward_model(args.model, tok).eval()
     rows = load_preferences(args.data).select(range(args.pairs))
-    ids = [conversation_ids(tok, r["prompt"], r[side]) for r in rows for side in ("chosen", "rejected")]
+    ids = [conversation_ids(tok, r["prompt"], r[side][-1]["content"]) for r in rows for side in ("chosen", "rejected")]
     real = sum(map(len, ids))
     new_pushed = sum(len(b) * max(len(ids[i]) for i in b) for b in length_batches([len(x) for x in ids], 32))
 

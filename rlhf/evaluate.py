@@ -46,6 +46,11 @@ class EvalArgs:
         default=0.1, metadata={"help": "length-matched pairs: |len_p - len_r| <= tol * len_r"}
     )
     num_examples: int = field(default=5, metadata={"help": "sample pairs shown side by side"})
+    reference_answers: str | None = field(
+        default=None,
+        metadata={"help": "JSON file caching the reference's answers: reused when the reference, prompts and "
+                  "generation settings match, so evaluating several policies generates them once"},
+    )
     seed: int = field(default=42, metadata={"help": "seed for prompt sampling and generation"})
 
 
@@ -134,6 +139,35 @@ def answers(model_name: str, prompts: list[Messages], cfg: EvalArgs, device: str
         temperature=cfg.temperature, desc=f"generating ({Path(model_name).name})",
     )  # fmt: skip
     return [response_text(tok, x) for x in ids]  # decoded as PPO and RLOO decode their samples
+
+
+def cached_answers(path: str | None, key: dict[str, Any], make) -> list[str]:
+    """`make()`'s answers, read from `path` instead when it holds answers made under the same `key`.
+
+    The key names everything the answers depend on (model, prompts, generation settings); any difference
+    regenerates them, so a stale cache can never stand in for a different reference.
+    """
+    if path and Path(path).exists():
+        saved = json.loads(Path(path).read_text())
+        if saved.get("key") == key:
+            print(f"reference answers: reused from {path}", flush=True)
+            return list(saved["answers"])
+    got = make()
+    if path:
+        tmp = Path(f"{path}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"key": key, "answers": got}, ensure_ascii=False))
+        tmp.replace(path)  # atomic: a killed run leaves the old cache or the new one, never half of one
+    return got
+
+
+def answer_key(model_name: str, prompts: list[Messages], cfg: EvalArgs) -> dict[str, Any]:
+    """What a model's answers depend on; the prompts by digest so the cache file stays small."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()
+    return {"model": model_name, "prompts_sha256": digest, "max_new_tokens": cfg.max_new_tokens,
+            "temperature": cfg.temperature, "seed": cfg.seed, "batch_size": cfg.batch_size}  # fmt: skip
 
 
 def plot(path: Path, summary: dict[str, Any], wins: list[float], length_diff: list[float]) -> None:
@@ -225,7 +259,8 @@ def evaluate(cfg: EvalArgs) -> dict[str, Any]:
     if len(prompts) > cfg.num_prompts:
         prompts = random.Random(cfg.seed).sample(prompts, cfg.num_prompts)
     pol = answers(cfg.policy, prompts, cfg, device)
-    ref = answers(cfg.reference, prompts, cfg, device)
+    ref = cached_answers(cfg.reference_answers, answer_key(cfg.reference, prompts, cfg),
+                         lambda: answers(cfg.reference, prompts, cfg, device))  # fmt: skip
     rm_tok = load_tokenizer(cfg.reward_model)
     rm = load_reward_model(cfg.reward_model, rm_tok).to(device)
     (pol_scores, ref_scores), (pol_len, ref_len) = judge(rm, rm_tok, prompts, pol, ref)

@@ -177,6 +177,8 @@ def run(recipe: dict[str, Any]) -> dict[str, Any]:
             name = f"evaluate-{policy}"
             values = {"policy": str(out / policy), "reference": model, "reward_model": str(out / "reward"),
                       "prompts": test or train, "output_dir": str(out / name), "seed": seed,
+                      # the starting model answers the same prompts for every policy: generate that once
+                      "reference_answers": str(out / "reference-answers.json"),
                       **stages["evaluate"]}  # fmt: skip
             if (out / name / "eval.json").exists():
                 print(f"[pipeline] {name}: finished earlier, skipped")

@@ -109,3 +109,25 @@ def test_an_export_train_file_is_evaluated_on_its_heldout_sibling(tmp_path, caps
     test.write_bytes(b"")
     assert heldout_prompts(str(train)) == str(test)
     assert heldout_prompts(str(test)) == str(test)  # a held-out file is used as given
+
+
+def test_reference_answers_are_generated_once_and_only_reused_for_the_same_key(tmp_path):
+    """The pipeline evaluates several policies against one reference: its answers come from the cache when the
+    model, prompts and generation settings match, and are regenerated when any of them differs."""
+    cfg = ev.EvalArgs(max_new_tokens=8)
+    prompts = [[{"role": "user", "content": "2+2?"}]]
+    cache, calls = str(tmp_path / "ref.json"), []
+
+    def make(text):
+        return lambda: calls.append(text) or [text]
+
+    key = ev.answer_key("ref-model", prompts, cfg)
+    assert ev.cached_answers(cache, key, make("first")) == ["first"]
+    assert ev.cached_answers(cache, key, make("second")) == ["first"]  # reused, not regenerated
+    assert calls == ["first"]
+    longer = ev.answer_key("ref-model", prompts, ev.EvalArgs(max_new_tokens=16))
+    other_prompts = ev.answer_key("ref-model", [[{"role": "user", "content": "3+3?"}]], cfg)
+    assert ev.cached_answers(cache, longer, make("third")) == ["third"]
+    assert ev.cached_answers(cache, other_prompts, make("fourth")) == ["fourth"]
+    assert calls == ["first", "third", "fourth"]
+    assert ev.cached_answers(None, key, make("fifth")) == ["fifth"]  # no cache path: always generate

@@ -34,13 +34,12 @@ from annotate.audit_features import (
     CONFIDENCE_MARKERS,
     FEATURES,
     HEDGE_MARKERS,
-    STYLE_FEATURES,
     _style_from_features,
     pair_features,
 )
 from annotate.audit_rank import bt_ranking
-from annotate.audit_ruler import StyleModel, pair_accuracy
-from annotate.audit_stats import newton_logistic, wilson
+from annotate.audit_ruler import pair_accuracy, style_model_from_differences
+from annotate.audit_stats import wilson
 from annotate.audit_types import (
     AnnotatorQuality,
     AuditResult,
@@ -194,18 +193,6 @@ def run_audit(
 
 
 # -- the length ruler on the votes ------------------------------------------------------------------------------
-def style_model_from_differences(d: np.ndarray, l2: float = 1.0) -> StyleModel:
-    """annotate.audit_ruler.fit_style_model's fit, from style differences already computed (chosen minus rejected).
-
-    The same scaling and penalty as fit_style_model (tests/test_audit.py checks the two agree on the same votes);
-    taking the differences lets the audit reuse the features prepare_votes extracted, where fit_style_model would
-    run the regexes over every text again once per fit (about 1 s per fit on 100k votes)."""
-    sd = d.std(axis=0) if len(d) else np.ones(len(STYLE_FEATURES))
-    scale = np.where(sd > 0, sd, 1.0)
-    weights, _ = newton_logistic(d / scale, np.ones(len(d)), l2=l2) if len(d) else (np.zeros(len(scale)), True)
-    return StyleModel(weights=np.asarray(weights, dtype=float), scale=scale, pairs=len(d))
-
-
 def _rule_score(margins: np.ndarray) -> RuleScore:
     acc = pair_accuracy(margins)
     return RuleScore(accuracy=acc, ci=wilson(acc * len(margins), len(margins)))  # ties count half: k may be fractional

@@ -62,13 +62,18 @@ class StyleModel:
 
 
 def fit_style_model(chosen: list[str], rejected: list[str], l2: float = 1.0) -> StyleModel:
-    """The style-only model fitted on (training) pairs.
+    """The style-only model fitted on (training) pairs (see style_model_from_differences)."""
+    return style_model_from_differences(style_differences(chosen, rejected), l2=l2)
+
+
+def style_model_from_differences(d: np.ndarray, l2: float = 1.0) -> StyleModel:
+    """The style-only model from style differences already computed (chosen minus rejected, one row per pair): the
+    one fit, which the audit calls with the features it extracted once rather than running the regexes again.
 
     Every pair is oriented chosen-first, so the outcome is 1 throughout; without an intercept the likelihood is the
     same as with randomly oriented pairs. The small L2 penalty keeps the weights finite when style separates the
     pairs completely (a set where the chosen response is always the longer).
     """
-    d = style_differences(chosen, rejected)
     sd = d.std(axis=0) if len(d) else np.ones(len(STYLE_FEATURES))
     scale = np.where(sd > 0, sd, 1.0)
     x = d / scale

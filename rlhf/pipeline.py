@@ -191,17 +191,11 @@ def run(recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- the report --------------------------------------------------------------------------------------------------
-def length_rules(reward: dict[str, Any], path: str | None) -> dict[str, Any]:
-    """The length ruler next to the reward model: what the reward run measured on exactly the pairs it scored
-    (annotate/audit_ruler.py), else "pick the longer/shorter" recomputed on the held-out file."""
+def length_rules(reward: dict[str, Any]) -> dict[str, Any]:
+    """The length ruler next to the reward model, as the reward run measured it on exactly the pairs it scored
+    (annotate/audit_ruler.py). Recomputing it here on the held-out file would score other pairs (the run drops
+    those over its max length), so a run without a ruler shows none."""
     ruler = {k.removeprefix("ruler_"): v for k, v in reward.items() if k.startswith("ruler_")}
-    if not ruler and path and Path(path).exists():
-        from annotate.audit_ruler import rule_accuracies
-        from rlhf.data import load_preferences
-
-        ds = load_preferences(path)
-        rules = rule_accuracies([c[-1]["content"] for c in ds["chosen"]], [r[-1]["content"] for r in ds["rejected"]])
-        ruler = {"longer_accuracy": rules["longer"], "shorter_accuracy": rules["shorter"]}
     keys = {"longer_rule_accuracy": "longer_accuracy", "shorter_rule_accuracy": "shorter_accuracy",
             "style_model_accuracy": "style_accuracy", "ruler_flag": "flag", "ruler_verdict": "verdict"}  # fmt: skip
     return {ours: ruler.get(theirs) for ours, theirs in keys.items()}
@@ -220,7 +214,7 @@ def build_report(recipe: dict[str, Any], out: Path, train: str, test: str | None
         report["reward"] = {"accuracy": acc, "ci95": [lo, hi], "pairs": n,
                             "length_spearman": reward.get("eval_length_spearman"),
                             "length_pearson": reward.get("eval_length_pearson"),
-                            **length_rules(reward, test)}  # fmt: skip
+                            **length_rules(reward)}  # fmt: skip
     dpo = _read(out / "dpo" / "eval.json")
     if dpo:
         report["dpo"] = {"implicit_reward_accuracy": dpo.get("eval_accuracy"), "margin": dpo.get("eval_margin")}

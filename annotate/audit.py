@@ -1,11 +1,12 @@
 """Audit a store's judgments before training on them: agreement, annotator quality, position and length bias,
-preferred-vs-correct, a Bradley-Terry ranking of the candidate sources, and the length ruler on the votes (how well
-"pick the longer", "pick the shorter" and a style-only model predict what annotators chose).
+preferred-vs-correct, a Bradley-Terry ranking of the candidate sources, the length ruler on the votes (how well
+"pick the longer", "pick the shorter" and a style-only model predict what annotators chose) and, on prompts with a
+verifier, preferred vs verified (how often the response the verifier rejects was preferred, annotate.audit_correct).
 
 Everything here is a pure function of the comparisons (the store's standing votes, annotate.store.standing_mask),
 returned as a typed `annotate.audit_types.AuditResult`, so the CLI (annotate.audit_cli), the HTML/JSON report
 and the app's Dashboard tab (annotate.audit_report) and the dataset card (annotate.cards) all show the same numbers.
-Module layers: audit_types <- audit_stats/features <- audit_agreement/bias/rank/ruler <- audit <- audit_report
+Module layers: audit_types <- audit_stats/features <- audit_agreement/bias/correct/rank/ruler <- audit <- audit_report
 <- audit_cli.
 
 Conventions:
@@ -30,6 +31,7 @@ import pyarrow as pa
 
 from annotate.audit_agreement import agreement, annotator_quality
 from annotate.audit_bias import length_bias, position_bias, preferred_vs_correct
+from annotate.audit_correct import Verifiers, preferred_vs_verified, verdicts
 from annotate.audit_features import (
     CONFIDENCE_MARKERS,
     FEATURES,
@@ -94,7 +96,9 @@ def _criterion(value: Any, name: str) -> str | None:
     return None
 
 
-def prepare_votes(data: pa.Table | pd.DataFrame, gold: GoldMap | None = None) -> pd.DataFrame:
+def prepare_votes(
+    data: pa.Table | pd.DataFrame, gold: GoldMap | None = None, verifiers: Verifiers | None = None
+) -> pd.DataFrame:
     """One row per standing vote with everything the audit needs, side-normalised (see module docstring)."""
     df = _effective(data)
     a_id, b_id = df["response_a_id"].astype(str), df["response_b_id"].astype(str)
@@ -140,6 +144,8 @@ def prepare_votes(data: pa.Table | pd.DataFrame, gold: GoldMap | None = None) ->
         v[f"a_{f}"], v[f"b_{f}"] = fa[f].to_numpy(), fb[f].to_numpy()
     v["correct_pick"] = [_criterion(c, "correct") for c in df["criteria"]] if "criteria" in df else None
     v["gold_winner"] = _gold_winners(v, gold or {})
+    # Each side's verdict under its prompt's verifier (1 pass, 0 fail, NaN unchecked): preferred vs verified.
+    v["a_pass"], v["b_pass"] = verdicts(v["prompt_id"], df["response_a"], df["response_b"], verifiers or {})
     v = v.sort_values("created_at", kind="stable")
     v["order"] = v.groupby(["annotator", "key"]).cumcount()
     return v.sort_index()
@@ -162,13 +168,15 @@ def run_audit(
     alpha_chance: float = 0.05,
     alpha_bias: float = 0.01,
     ruler_folds: int = 5,
+    verifiers: Verifiers | None = None,
 ) -> AuditResult:
-    """The full audit (NaN where a figure is undefined; `AuditResult.to_dict()` is its JSON form)."""
+    """The full audit (NaN where a figure is undefined; `AuditResult.to_dict()` is its JSON form). `verifiers`
+    (prompt_id -> spec, annotate.pool.pool_verifiers) adds preferred vs verified where votes touch those prompts."""
     if length_unit not in ("chars", "words"):
         raise ValueError(f"length_unit must be 'chars' or 'words', got {length_unit!r}")
     if ruler_folds < 2:
         raise ValueError(f"ruler_folds must be at least 2, got {ruler_folds}")
-    v = prepare_votes(data, gold)
+    v = prepare_votes(data, gold, verifiers)
     settings = Settings(n_boot=n_boot, seed=seed, length_unit=length_unit, min_n=min_n, alpha_chance=alpha_chance,
                         alpha_bias=alpha_bias, ruler_folds=ruler_folds)  # fmt: skip
     rule = RANDOM_CLICKER_RULE.format(min_n=min_n, alpha_chance=alpha_chance, alpha_bias=alpha_bias)
@@ -189,6 +197,7 @@ def run_audit(
         ),
         flags=flags,
         ruler=vote_ruler(v, folds=ruler_folds, seed=seed),
+        preferred_vs_verified=preferred_vs_verified(v, unit=length_unit),
     )
 
 

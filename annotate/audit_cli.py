@@ -1,9 +1,10 @@
 """`python -m annotate audit --store DIR [--report report.html] [--json out.json] [--pool POOL]`.
 
 Prints the plain-language findings; writes the HTML report and/or the JSON with every number (the versioned form
-of annotate.audit_types.AuditResult, read back with annotate.audit_report.read_json). Gold pairs come
-from `--pool` (responses with a numeric `gold_score` in meta), or from pools imported into the store
-(STORE/pool/*.parquet) when no --pool is given.
+of annotate.audit_types.AuditResult, read back with annotate.audit_report.read_json). Gold pairs (responses with
+a numeric `gold_score` in meta) and verifiers (`meta.verifier`, for preferred vs verified) come from `--pool`, or
+from the pools kept in the store (annotate.pool.read_store_pools: imported pools, TRL imports' gold answers) when
+no --pool is given.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, default=None, help="write a self-contained HTML report here")
     parser.add_argument("--json", type=Path, default=None, help="write every figure as JSON here")
     parser.add_argument(
-        "--pool", type=Path, default=None, help="candidate pool whose meta.gold_score marks gold pairs"
+        "--pool",
+        type=Path,
+        default=None,
+        help="candidate pool whose meta.gold_score marks gold pairs and meta.verifier checkable prompts "
+        "(default: the pools kept in the store)",
     )
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for confidence intervals")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
@@ -28,22 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _gold(pool: Path | None, store: str):
-    from annotate.audit import gold_from_pool
+def _from_pool(pool: Path | None, store: str) -> tuple[dict, dict]:
+    """(gold pairs, verifiers) of `--pool`, or of the pools imported into the store when it is not given."""
+    from annotate.pool import gold_pairs, pool_verifiers, read_pool, read_store_pools
 
-    if pool is not None:
-        from annotate.pool import read_pool
-
-        return gold_from_pool(read_pool(pool))
-    from annotate.store import parse_store_spec, pool_dir
-
-    imported = sorted(pool_dir(parse_store_spec(store)[0]).glob("*.parquet"))
-    if not imported:
-        return {}
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    return gold_from_pool(pa.concat_tables([pq.read_table(p) for p in imported]))
+    table = read_pool(pool) if pool is not None else read_store_pools(store)
+    return ({}, {}) if table is None else (gold_pairs(table), pool_verifiers(table))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -63,8 +58,9 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
     if table.num_rows == 0:
         raise SchemaError(f"{args.store}: the store holds no comparisons to audit")
-    audit = run_audit(table, _gold(args.pool, str(args.store)), n_boot=args.n_boot, seed=args.seed,
-                      length_unit=args.length_unit)  # fmt: skip
+    gold, verifiers = _from_pool(args.pool, str(args.store))
+    audit = run_audit(table, gold, n_boot=args.n_boot, seed=args.seed, length_unit=args.length_unit,
+                      verifiers=verifiers)  # fmt: skip
     audit = dataclasses.replace(audit, store=StoreRef(store=info["store"], version=info["version"], rows=info["rows"]))
     for line in findings(audit):
         print(f"- {line}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from annotate.audit import run_audit
+from annotate.audit_correct import Verifiers, verified_figure, verified_findings, verified_html
 from annotate.audit_types import (
     AnnotatorRow,
     AuditResult,
@@ -124,7 +125,7 @@ def _bias_findings(audit: AuditResult) -> list[str]:
             f"Where annotators also marked the more correct response ({pvc.n} votes), their overall pick was the "
             f"other response {_pct(pvc.rate)} of the time ({_ci_pct(pvc.ci)})."
         )
-    return out
+    return out + verified_findings(audit.preferred_vs_verified)
 
 
 def _regression_findings(audit: AuditResult) -> list[str]:
@@ -307,8 +308,8 @@ def _placeholder(title: str, why: str):
 
 def make_figures(audit: AuditResult) -> dict[str, Any]:
     """name -> matplotlib Figure, always the keys position, length, annotators, ranking (a figure with nothing
-    to show says why). Built without pyplot, so nothing is kept alive by a global registry (the Dashboard
-    redraws these on every refresh)."""
+    to show says why), and "verified" only when the audit has preferred vs verified. Built without pyplot, so
+    nothing is kept alive by a global registry (the Dashboard redraws these on every refresh)."""
     pos, length = audit.position, audit.length
     builders = {
         "position": lambda: _rate_figure(audit, pos.per_annotator, pos.overall, "Position bias: share of left wins",
@@ -318,6 +319,8 @@ def make_figures(audit: AuditResult) -> dict[str, Any]:
         "annotators": lambda: _annotator_figure(audit),
         "ranking": lambda: _ranking_figure(audit.ranking),
     }  # fmt: skip
+    if audit.preferred_vs_verified is not None:
+        builders["verified"] = lambda: verified_figure(audit.preferred_vs_verified)
     empty = empty_figures(audit)
     return {name: _placeholder(name, empty[name]) if name in empty else build() for name, build in builders.items()}
 
@@ -408,6 +411,7 @@ def render_html(audit: AuditResult, title: str = "Preference data audit") -> str
 <h2>Findings</h2><ul>{items}</ul><h2>Figures</h2>{imgs}
 <h2>Annotators</h2>{ann}<h2>Pairwise agreement</h2>{kappa}
 <h2>Length ruler on the votes</h2>{_ruler_html(audit.ruler)}
+{verified_html(audit.preferred_vs_verified)}
 <h2>Bradley-Terry ranking</h2><h3>Plain</h3>{plain}
 <h3>Style-controlled (length and Markdown headers, lists, bold as covariates)</h3>{style}
 <h2>Definitions</h2><p>{html.escape(d.random_clicker_rule)}</p>
@@ -436,11 +440,13 @@ def read_json(path: str | Path) -> AuditResult:
 
 
 # -- the app's Dashboard -------------------------------------------------------------------------------------------
-def dashboard_summary(table: Any, gold: GoldMap | None = None, n_boot: int = 200) -> DashboardSummary:
+def dashboard_summary(
+    table: Any, gold: GoldMap | None = None, n_boot: int = 200, verifiers: Verifiers | None = None
+) -> DashboardSummary:
     """What the app's Dashboard tab shows: findings, one row per annotator, and the audit they come from (for
-    `dashboard_figures`). `table` is what run_audit takes. Fewer bootstrap draws than the CLI so that it refreshes
-    quickly."""
-    audit = run_audit(table, gold, n_boot=n_boot)
+    `dashboard_figures`). `table`, `gold` and `verifiers` are what run_audit takes. Fewer bootstrap draws than the
+    CLI so that it refreshes quickly."""
+    audit = run_audit(table, gold, n_boot=n_boot, verifiers=verifiers)
     nan = math.nan
     rows = []
     for name, ann in audit.annotators.items():

@@ -13,6 +13,9 @@ are version 1 without the key). Schema versions:
 - 2: adds "ruler" (VoteRuler: how well length and style alone predict the votes) and settings.ruler_folds. Every
   version-2 file written by run_audit has it; it is null only in an audit read from a version-1 file and written
   again. Version-1 files still read (ruler None, ruler_folds its default).
+  Optional within version 2: "preferred_vs_verified" (PreferredVsVerified), present only when some decisive vote
+  was between a response that passes its prompt's verifier and one that fails it; absent otherwise, so no reader
+  may rely on it and it needed no new version.
 
 Raise SCHEMA_VERSION when a key is renamed, removed or changes meaning, or when a section is added that readers
 of the new version may rely on (as "ruler"); an optional key with a default does not need it. from_dict reads
@@ -253,6 +256,29 @@ class PreferredVsCorrect(Breakdown):
 
 
 @_frozen
+class WrongPicks(Record):
+    """Of the decisive votes between a response that passes its prompt's verifier and one that fails it, the share
+    won by the failing one (`overall`), and the same share within each split of annotate.audit_correct.SPLITS (the
+    wrong response longer or not than the right one, confident or hedged); a split without votes has n = 0."""
+
+    overall: Proportion
+    splits: dict[str, Proportion]
+
+
+@_frozen
+class PreferredVsVerified(Record):
+    """Preferred vs verified on checkable prompts (annotate.audit_correct): how often annotators preferred the
+    response the verifier rejects, over all annotators and per annotator, with Wilson 95% CIs."""
+
+    overall: WrongPicks
+    per_annotator: dict[str, WrongPicks]
+    prompts: int  # checkable prompts with at least one counted vote
+    checkable_votes: int  # standing votes on prompts with a verifier, counted or not
+    excluded: dict[str, int]  # checkable votes left out, by reason: both_pass, both_fail, not_decisive
+    length_unit: str  # what "longer" was measured in (the audit's length unit)
+
+
+@_frozen
 class RankRow(Record):
     source: str
     score: float  # Elo-like scale, mean 1000
@@ -340,11 +366,13 @@ class AuditResult(Record):
     flags: Flags
     ruler: VoteRuler | None = None  # None only when read from a version-1 file
     store: StoreRef | None = None
+    preferred_vs_verified: PreferredVsVerified | None = None  # None without votes on checkable prompts
 
     def to_dict(self) -> dict[str, Any]:
         out = {"schema_version": SCHEMA_VERSION, **to_jsonable(self)}
-        if self.store is None:  # an in-memory audit names no store version
-            del out["store"]
+        for key in ("store", "preferred_vs_verified"):  # absent rather than null: no store version, nothing checkable
+            if out[key] is None:
+                del out[key]
         return out
 
     @classmethod

@@ -66,7 +66,35 @@ def _audit_section(audit: AuditResult | None, why_missing: str) -> str:
     note = ("50% means no position or length preference; alpha 1 is full agreement, 0 is chance. A reward model "
             "trained on these votes must beat the best \"votes predicted by\" figure to show more than length "
             "and style.")  # fmt: skip
-    return table(rows, ("figure (annotate.audit)", "value")) + f"\n\n{note}"
+    return table(rows, ("figure (annotate.audit)", "value")) + f"\n\n{note}" + _verified_section(audit)
+
+
+def _md_table(rows: list[dict[str, str]]) -> str:
+    """Rows of text as a Markdown table ('|' in a cell, e.g. in an annotator id, escaped)."""
+
+    def line(cells: Any) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(rows[0]), "|" + "---|" * len(rows[0])] + [line(r.values()) for r in rows])
+
+
+def _verified_section(audit: AuditResult) -> str:
+    """Preferred vs verified (annotate.audit_correct), only where the votes touch checkable prompts."""
+    p = audit.preferred_vs_verified
+    if p is None:
+        return ""
+    from annotate.audit_correct import annotator_rows, split_rows, verified_findings
+
+    return (
+        "\n\n### Preferred vs verified (checkable prompts)\n\n"
+        + " ".join(verified_findings(p))
+        + "\n\n"
+        + _md_table(split_rows(p))
+        + "\n\nPer annotator (share of votes where the wrong answer won; 95% CI, votes):\n\n"
+        + _md_table(annotator_rows(p))
+        + f"\n\n'Longer' compares the wrong answer with the right one ({p.length_unit}); 'hedged' means more "
+        "hedging than confidence markers per 100 words (annotate.audit_features), 'confident' otherwise."
+    )
 
 
 def _annotators_section(annotators: dict[str, int], pseudonymised: bool) -> str:

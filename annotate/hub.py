@@ -124,21 +124,26 @@ def hub_friendly(table: pa.Table) -> pa.Table:
     return table
 
 
-def _run_audit(table: pa.Table) -> tuple[AuditResult | None, str]:
-    """annotate.audit's figures when that module (and everything it needs, e.g. scipy) is importable."""
+def _run_audit(table: pa.Table, store: str) -> tuple[AuditResult | None, str]:
+    """annotate.audit's figures when that module (and everything it needs, e.g. scipy) is importable, with
+    preferred vs verified where the store keeps pools with verifiers (annotate.pool.read_store_pools)."""
     try:
         from annotate.audit import run_audit
     except ImportError as e:
         return None, f"annotate.audit is not available ({e})"
-    return run_audit(table, n_boot=200), ""
+    from annotate.pool import pool_verifiers, read_store_pools
+
+    pools = read_store_pools(store)
+    return run_audit(table, n_boot=200, verifiers=pool_verifiers(pools) if pools is not None else None), ""
 
 
 def _pseudonymised(votes: pa.Table, names: list[str]) -> pa.Table:
-    """Login ids (names or e-mails) replaced by stable pseudonyms: annotator-01, ... in sorted order."""
+    """Login ids (names or e-mails) replaced by stable pseudonyms: annotator-01, ... in the sorted order of `names`
+    (the standing votes' annotators); anyone else (only retracted votes: never in a published figure) is hidden."""
     import pyarrow as pa
 
     alias = {n: f"annotator-{i + 1:02d}" for i, n in enumerate(names)}
-    col = pa.array([alias[a] for a in votes.column("annotator").to_pylist()], pa.string())
+    col = pa.array([alias.get(a, "annotator-retracted") for a in votes.column("annotator").to_pylist()], pa.string())
     return votes.set_column(votes.schema.get_field_index("annotator"), "annotator", col)
 
 
@@ -190,15 +195,17 @@ def build_dataset_folder(args: argparse.Namespace, folder: Path) -> dict[str, An
     votes = effective_table(raw).drop_columns(["retracts"])  # standing votes: retracts is null in every row
     if votes.num_rows == 0:
         raise SchemaError(f"{args.store}: no standing comparisons to publish")
+    audited = raw
     if not args.keep_annotator_ids:  # login ids may be names or e-mails: publish stable pseudonyms
-        votes = _pseudonymised(votes, sorted(set(votes.column("annotator").to_pylist())))
+        names = sorted(set(votes.column("annotator").to_pylist()))
+        votes, audited = _pseudonymised(votes, names), _pseudonymised(raw, names)  # the card's audit names them so
     prefs, agg_counts = aggregate(usable_votes(raw))
     votes = hub_friendly(votes)
     write_shards(votes, folder, "comparisons", "train", args.shard_rows)
     write_shards(prefs, folder, "preferences", "train", args.shard_rows)
     counts = _counts(raw, votes, prefs, agg_counts, info["version"])
     per_annotator = sorted(pc.value_counts(votes.column("annotator")).to_pylist(), key=lambda r: r["values"])
-    audit, missing = _run_audit(raw)
+    audit, missing = _run_audit(audited, str(args.store))
     card = dataset_card(
         _card_data(args, votes.num_rows),
         repo_id=args.repo_id,

@@ -108,6 +108,19 @@ def pool_verifiers(pool: pa.Table) -> dict[str, dict]:
     return out
 
 
+def read_store_pools(store: str | Path) -> pa.Table | None:
+    """The pools a store keeps in its pool folder (annotate.store.pool_dir: `import --format pool`, and the
+    verifiers of TRL imports with a gold answer) as one table; None when it has none. `store` may name a version
+    (DIR@N); the folder is the store's. Gold pairs and verifiers of the audit and the dataset card come from here."""
+    import pyarrow.parquet as pq
+
+    from annotate.store import parse_store_spec, pool_dir
+
+    files = sorted(pool_dir(parse_store_spec(str(store))[0]).glob("*.parquet"))
+    # promote: a pool written by an older version may lack a newer optional column
+    return pa.concat_tables([pq.read_table(p) for p in files], promote_options="default") if files else None
+
+
 def write_pool(table_or_rows: pa.Table | list[dict], path: str | Path) -> Path:
     """Write a pool as JSONL (readable, diffable) or Parquet, by suffix."""
     path = Path(path)

@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 from annotate.active import ActiveStrategy
 from annotate.indexed_set import pick_unseen, pick_weighted
 from annotate.ledger import AnnotatorState, Ledger, day_number, other_side
-from annotate.pool import gold_pairs
+from annotate.pool import gold_pairs, pool_verifiers
 from annotate.schema import SchemaError
 
 
@@ -154,6 +154,9 @@ class PairSampler(Ledger):
         # Parse every meta only when some may name a gold score (a JSON key could also be spelt with \u escapes).
         maybe_gold = any(pc.any(pc.match_substring(meta, s)).as_py() for s in ("gold_score", "\\u"))
         self.gold = gold_pairs(pool) if maybe_gold else {}
+        # The Dashboard's preferred vs verified reads the served pool's verifiers (same cheap pre-check as gold).
+        maybe_checkable = any(pc.any(pc.match_substring(meta, s)).as_py() for s in ("verifier", "\\u"))
+        self.verifiers = pool_verifiers(pool) if maybe_checkable else {}
         cols = [pool.column(c).to_pylist() for c in ("prompt_id", "response_id", "response", "source")]
         by_prompt: dict[str, list[Candidate]] = {}
         first: list[int] = []  # first row of each prompt: its prompt is read once

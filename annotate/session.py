@@ -352,16 +352,24 @@ def _saved_message(rec: dict, pair: Pair, changed: bool) -> str:
     return _note(f"✓ {verb}: {what}{extras} · pair {pair.index} · {when}", "saved")
 
 
-def dashboard_view(store: ComparisonStore, gold: dict | None = None) -> dict:
+def dashboard_view(store: ComparisonStore, gold: dict | None = None, verifiers: dict | None = None) -> dict:
     """The admin Dashboard, live: the audit's plain-language findings, one row per annotator, and its figures
-    (the same numbers as `python -m annotate audit`, with fewer bootstrap draws so a refresh stays quick). Source
+    (the same numbers as `python -m annotate audit`, with fewer bootstrap draws so a refresh stays quick), and
+    preferred vs verified on the pool's checkable prompts ("verified": a table, "" when there is none). Source
     and annotator names inside are untrusted: findings go through the Markdown path, table cells are escaped."""
+    from annotate.audit_correct import annotator_rows
     from annotate.audit_report import dashboard_figures, dashboard_summary
 
-    summary = dashboard_summary(store.read(), gold, n_boot=200)
+    summary = dashboard_summary(store.read(), gold, n_boot=200, verifiers=verifiers)
     findings = '<div class="findings">' + render_markdown("\n".join(f"- {x}" for x in summary.findings)) + "</div>"
     rows = [row.to_dict() for row in summary.annotators]  # NaN as None: an undefined figure shows as such
-    return {"findings": findings, "annotators": html_table(rows), "figures": dashboard_figures(summary)}
+    checked = summary.audit.preferred_vs_verified
+    verified = ""
+    if checked is not None:  # a fixed heading of ours, then cells through render_inline
+        verified = "<h3>Preferred vs verified: how often the wrong answer won</h3>"
+        verified += html_table(annotator_rows(checked))
+    figures = dashboard_figures(summary)
+    return {"findings": findings, "annotators": html_table(rows), "figures": figures, "verified": verified}
 
 
 def html_table(rows: list[dict]) -> str:

@@ -211,6 +211,9 @@ def _admin_tabs(sc: Screen) -> None:
             sc.plots = {k: gr.Plot(label=k.capitalize()) for k in ("position", "length")}
         with gr.Row():
             sc.plots.update({k: gr.Plot(label=k.capitalize()) for k in ("annotators", "ranking")})
+        # Preferred vs verified: shown only when the pool has checkable prompts with votes on them.
+        sc.verified = gr.HTML(elem_id="preferred-vs-verified", visible=False)
+        sc.verified_plot = gr.Plot(label="Preferred vs verified", visible=False)
 
 
 def _layout(config: AppConfig) -> Screen:
@@ -318,9 +321,12 @@ class Handlers:
     def on_dashboard(self, request: gr.Request) -> dict:
         if not self.is_admin(request):
             raise gr.Error("only admins can see the dashboard")
-        view = dashboard_view(self.store, self.sampler.gold)
+        view = dashboard_view(self.store, self.sampler.gold, self.sampler.verifiers)
         upd = {self.sc.findings: view["findings"], self.sc.by_annotator: view["annotators"]}
         upd.update({self.sc.plots[k]: fig for k, fig in view["figures"].items() if k in self.sc.plots})
+        checked = view["figures"].get("verified")
+        upd[self.sc.verified] = gr.update(value=view["verified"], visible=bool(view["verified"]))
+        upd[self.sc.verified_plot] = gr.update(value=checked, visible=checked is not None)
         return upd
 
 
@@ -344,7 +350,7 @@ def _wire(app: gr.Blocks, sc: Screen, h: Handlers, demo: bool) -> None:
     sc.undo.click(h.on_undo, [sc.name, sc.state], out, api_name="undo")
     sc.reopen.click(h.on_reopen, [sc.history_pick, sc.name, sc.state], out, api_name="reopen", js=PICK_JS)
     sc.export_btn.click(h.on_export, None, [sc.export_link], api_visibility="private")
-    dash_out = [sc.findings, sc.by_annotator, *sc.plots.values()]
+    dash_out = [sc.findings, sc.by_annotator, *sc.plots.values(), sc.verified, sc.verified_plot]
     sc.refresh.click(h.on_dashboard, None, dash_out, api_visibility="private")
     sc.dash_tab.select(h.on_dashboard, None, dash_out, api_visibility="private")
 

@@ -108,6 +108,48 @@ def pool_verifiers(pool: pa.Table) -> dict[str, dict]:
     return out
 
 
+def verifiers_by_prompt(pool: pa.Table, where: str = "pool") -> dict[str, dict]:
+    """annotate.schema.prompt_id_for(messages) -> verifier spec, for the prompts of a pool that carry one.
+
+    Keyed by the prompt's content, not the pool's own prompt_id (a pool may name its prompts as it likes, as the
+    demo pool does), so a prompt read from an export, a prompts file or another pool finds its verifier. Two
+    different verifiers for the same messages are refused, naming `where`."""
+    ids = dict(zip(pool.column("prompt_id").to_pylist(), pool.column("prompt").to_pylist()))
+    out: dict[str, dict] = {}
+    for pid, spec in pool_verifiers(pool).items():
+        key = prompt_id_for(ids[pid])
+        if out.setdefault(key, spec) != spec:
+            raise SchemaError(f"{where}: field 'meta.verifier': prompt {pid!r} repeats an earlier prompt's messages "
+                              "with a different verifier")  # fmt: skip
+    return out
+
+
+def read_verifiers(source: str | Path) -> dict[str, dict]:
+    """The verifiers of a pool file, or of a store directory ('DIR' or 'DIR@N': the pools kept in it, read by
+    read_store_pools), keyed as verifiers_by_prompt keys them."""
+    from annotate.store import parse_store_spec
+
+    root = parse_store_spec(str(source))[0]
+    if not Path(root).is_dir():
+        return verifiers_by_prompt(read_pool(source), str(source))
+    pools = read_store_pools(source)
+    return verifiers_by_prompt(pools, f"{root}: pool folder") if pools is not None else {}
+
+
+def is_pool(path: str | Path) -> bool:
+    """Whether a file's first row has a pool's candidate fields (response_id, response): a candidate pool, not an
+    export or a prompts file. A directory or a file of another kind is not one."""
+    path = Path(path)
+    if not path.is_file() or not (path.suffix in (".parquet", ".csv") or is_jsonl(path)):
+        return False
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return {"response_id", "response"} <= set(pq.read_schema(path).names)
+    first = next(_rows(path), (0, {}))[1]
+    return isinstance(first, dict) and {"response_id", "response"} <= set(first)
+
+
 def read_store_pools(store: str | Path) -> pa.Table | None:
     """The pools a store keeps in its pool folder (annotate.store.pool_dir: `import --format pool`, and the
     verifiers of TRL imports with a gold answer) as one table; None when it has none. `store` may name a version

@@ -79,3 +79,24 @@ def test_parquet_text_that_is_not_utf8_names_row_and_field(tmp_path):
     pq.write_table(table, tmp_path / "pool.parquet")
     with pytest.raises(SchemaError, match=r"pool.parquet: row 4: field 'response': not UTF-8 text"):
         read_pool(tmp_path / "pool.parquet")
+
+
+def test_verifiers_are_keyed_by_the_prompts_content_from_a_pool_or_a_store(tmp_path):
+    """GRPO finds a prompt's verifier whatever file the prompt came from: keyed by prompt_id_for(messages), not by
+    the pool's own id; a store's pool folder gives the same; two verifiers for one prompt's messages are refused."""
+    from annotate.importers import store_pool
+    from annotate.pool import is_pool, read_verifiers
+    from annotate.schema import prompt_id_for
+
+    spec = {"type": "numeric", "answer": 4}
+    checkable = [{**r, "meta": json.dumps({"verifier": spec})} for r in rows("4", prompt="What is 2 + 2?")]
+    pool = write(tmp_path / "pool.jsonl", checkable + [{**r, "prompt_id": "p1"} for r in rows("Hi.")])
+    key = prompt_id_for("What is 2 + 2?")
+    assert read_verifiers(pool) == {key: spec}  # the pool calls it p0; the prompt without a verifier is absent
+    store_pool(read_pool(pool), tmp_path / "store")
+    assert read_verifiers(tmp_path / "store") == read_verifiers(f"{tmp_path / 'store'}@3") == {key: spec}
+    assert is_pool(pool) and not is_pool(write(tmp_path / "prompts.jsonl", [{"prompt": "What is 2 + 2?"}]))
+    other = [{**r, "prompt_id": "p9", "meta": json.dumps({"verifier": {"type": "exact", "answer": "4"}})}
+             for r in rows("4", prompt="What is 2 + 2?")]  # fmt: skip
+    with pytest.raises(SchemaError, match="repeats an earlier prompt's messages with a different verifier"):
+        read_verifiers(write(tmp_path / "clash.jsonl", checkable + other))

@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="balanced", help="pair sampling: uniform | balanced | active")
     p.add_argument("--reward-model", help="reward model directory ranking pairs for --strategy active (required)")
     p.add_argument(
+        "--objective",
+        help="with --reward-model: weights of a multi-head reward model's heads, e.g. correct=2,overall=1",
+    )
+    p.add_argument(
         "--reward-refresh-s", type=float, default=0.0,
         help="with --strategy active: re-score the pool when --reward-model's weights change (check every N s)",
     )  # fmt: skip
@@ -59,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     if (args.strategy == "active") != bool(args.reward_model):
         print("error: --strategy active and --reward-model DIR go together (active ranks pairs by the reward "
               "model's uncertainty; other strategies use no model)", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.objective and not args.reward_model:
+        print("error: --objective weighs the heads of --reward-model; give both", file=sys.stderr)
         return 2
     if not args.session_hours > 0:
         print("error: --session-hours must be positive", file=sys.stderr)
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         pool = read_pool(args.pool)
         strategy = args.strategy
         if args.reward_model:
-            strategy = _active_strategy(pool, args.reward_model, args.reward_refresh_s)
+            strategy = _active_strategy(pool, args.reward_model, args.reward_refresh_s, args.objective)
         sampler = PairSampler(
             pool, strategy=strategy, overlap=args.overlap, gold_share=args.gold_share,
             repeat_rate=args.repeat_rate, honeypot_rate=args.honeypot_rate, seed=args.seed, votes=store.read(),
@@ -170,12 +177,12 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _active_strategy(pool, model_dir: str, refresh_s: float):
+def _active_strategy(pool, model_dir: str, refresh_s: float, objective: str | None = None):
     from rlhf.reward import active_strategy  # the entry point wires the model in: annotate/ never loads one
 
     if not Path(model_dir, "config.json").exists():
         raise FileNotFoundError(f"--reward-model {model_dir}: no config.json there (train one: rlhf/train.py reward)")
-    strategy = active_strategy(pool, model_dir)
+    strategy = active_strategy(pool, model_dir, objective)
     if refresh_s > 0:
         strategy.watch(refresh_s)
     return strategy

@@ -1,7 +1,15 @@
 """`python -m annotate export --store DIR --out FILE`: a store as TRL conversational preference data.
 
 Columns: prompt (messages), chosen / rejected (one assistant message each), margin, prompt_id, n_votes, agreement,
-chosen_id, rejected_id, chosen_source, rejected_source (`--raw` adds annotator, comparison_id, strength).
+chosen_id, rejected_id, chosen_source, rejected_source, then the per-criterion labels criterion_correct,
+criterion_helpful, criterion_harmless, criterion_concise (int8: +1 the chosen response is better on it, -1 the
+rejected one, 0 tie, null no pick) and correct_by ("verifier", "annotators" or null), what a multi-head reward model
+trains on (annotate/criteria.py has the rules; TRL's trainers ignore them). `--raw` adds annotator, comparison_id,
+strength.
+
+Verifiers: where a pair's prompt has a verifier (`meta.verifier` of `--pool`, else of the pools kept in the store)
+and exactly one of its two responses passes, the verdict is criterion_correct, over the annotators' pick
+(annotate/criteria.py says why); `--no-verifiers` keeps the annotators' picks alone and runs no check.
 
 Aggregation: ties, both_bad, skips, retractions and the votes they retract are dropped, and so is every vote on
 a pair flagged as broken, offensive or a duplicate. The remaining votes on
@@ -34,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from annotate import criteria
 from annotate.errors import UsageError
 from annotate.schema import MESSAGES, PAIR_FLAGS
 
@@ -88,10 +97,11 @@ def aggregate(votes: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     # pairs come out in the order they first appear, whatever the threads did.
     order = np.arange(votes.num_rows, dtype=np.int64)
     per_vote = pa.table({"p": votes.column("prompt_id"), "lo": lo, "hi": hi, "w": sign * weight,
-                         "pos": (sign > 0).astype(np.float64), "i": order})  # fmt: skip
+                         "pos": (sign > 0).astype(np.float64), "i": order,
+                         **criteria.per_vote_columns(votes, a_is_lo)})  # fmt: skip
     groups = (
         per_vote.group_by(["p", "lo", "hi"])
-        .aggregate([("w", "sum"), ("w", "count"), ("pos", "sum"), ("i", "min")])
+        .aggregate([("w", "sum"), ("w", "count"), ("pos", "sum"), ("i", "min"), *criteria.aggregations()])
         .sort_by("i_min")
     )
     n_groups = groups.num_rows
@@ -123,6 +133,7 @@ def aggregate(votes: pa.Table) -> tuple[pa.Table, dict[str, int]]:
             "rejected_id": pick("response_b_id", "response_a_id"),
             "chosen_source": pick("source_a", "source_b"),
             "rejected_source": pick("source_b", "source_a"),
+            **criteria.pair_columns(groups.filter(pa.array(has_majority)), lo_wins[has_majority]),
         }
     )
     return out, {"pairs": n_groups, "no_majority": int((~has_majority).sum())}
@@ -146,6 +157,7 @@ def raw_rows(votes: pa.Table) -> pa.Table:
             "rejected_id": pick("response_b_id", "response_a_id"),
             "chosen_source": pick("source_a", "source_b"),
             "rejected_source": pick("source_b", "source_a"),
+            **criteria.raw_columns(votes),
             "annotator": votes.column("annotator"),
             "comparison_id": votes.column("comparison_id"),
             "strength": votes.column("strength"),
@@ -179,7 +191,9 @@ def _write_file(table: pa.Table, f, suffix: str, name: str) -> None:
                 bar.update(batch.num_rows)
     else:
         for batch in table.to_batches(max_chunksize=chunk):
-            f.write(batch.to_pandas().to_json(orient="records", lines=True, force_ascii=False).encode())
+            # Integers with nulls stay integers (pandas would make them floats: a label of -1 written as -1.0).
+            frame = batch.to_pandas(integer_object_nulls=True)
+            f.write(frame.to_json(orient="records", lines=True, force_ascii=False).encode())
             bar.update(batch.num_rows)
     bar.close()
 
@@ -257,15 +271,20 @@ def export(
     raw: bool = False,
     seed: int = 0,
     live: bool = False,
+    pool: str | Path | None = None,
+    verifiers: bool = True,
 ) -> dict:
     """Export a store (path, DIR@VERSION or URL); returns counts, the store version read (`store_version`,
-    None when the store has no versions) and the files written. `live`: also votes not yet sealed into a version."""
+    None when the store has no versions) and the files written. `live`: also votes not yet sealed into a version.
+    `pool`: the pool whose verifiers set criterion_correct (default: the store's own pools); `verifiers=False`: none.
+    """
     from annotate.store import snapshot
 
     out = Path(out)
     check_options(test_fraction=test_fraction, min_agreement=min_agreement, seed=seed)
     files = [out.with_name(f"{out.stem}-{part}{out.suffix}") for part in ("train", "test")] if test_fraction else [out]
     check_outputs(files)
+    checks = criteria.load_verifiers(str(store), pool) if verifiers else {}  # a bad pool fails before any reading
     table, info = snapshot(str(store), live=live)
     votes = usable_votes(table)
     stats = {
@@ -284,6 +303,8 @@ def export(
         low = pc.less(rows.column("agreement"), min_agreement)
         stats["below_min_agreement"] = int(pc.sum(low).as_py() or 0)
         rows = rows.filter(pc.invert(low))
+    rows, verdicts = criteria.with_verifier_labels(rows, checks)
+    stats.update(verifier_labels=verdicts["verified"], verifier_overrides=verdicts["overridden"])
     stats["rows"] = rows.num_rows
     if test_fraction > 0:
         train, test = split_by_prompt(rows, test_fraction, seed)
@@ -316,6 +337,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--live", action="store_true", help="also votes not yet sealed into a store version (not reproducible)"
     )
+    parser.add_argument(
+        "--pool", type=Path, default=None,
+        help="pool whose meta.verifier sets criterion_correct where exactly one response passes (default: the "
+        "pools kept in the store)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-verifiers", dest="verifiers", action="store_false",
+        help="run no verifier: criterion_correct holds the annotators' picks alone",
+    )  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
@@ -327,11 +357,16 @@ def main(args: argparse.Namespace) -> int:
         raw=args.raw,
         seed=args.seed,
         live=args.live,
+        pool=args.pool,
+        verifiers=args.verifiers,
     )
     dropped = "" if args.raw else f", {s['no_majority']} pairs without a majority dropped"
     low = f", {s['below_min_agreement']} below --min-agreement" if s.get("below_min_agreement") else ""
     line = f"store {store_label(s)}: {s['records']} records, {s['votes']} usable votes -> {s['rows']} rows"
     print(f"{line}{dropped}{low}", file=sys.stderr)
+    if s["verifier_labels"]:
+        print(f"verifiers decided criterion_correct on {s['verifier_labels']} pairs ({s['verifier_overrides']} "
+              "against the annotators' pick)", file=sys.stderr)  # fmt: skip
     if s["unsealed"]:
         if args.live:
             print(f"note: {s['unsealed']} of them not yet in a store version", file=sys.stderr)

@@ -138,6 +138,28 @@ def _ruler_section(ev: dict[str, Any] | None) -> str:
     )
 
 
+def _heads_section(ev: dict[str, Any] | None) -> str:
+    """A multi-head reward model's heads (rlhf/reward_heads.py): each head's held-out accuracy on its own labels,
+    its weight in the saved objective, and how often `overall` prefers what `correct` rejects. Empty without heads."""
+    if not ev or not ev.get("heads"):
+        return ""
+    f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    weights = dict(part.split("=") for part in ev["objective"].split(","))
+    rows = {}
+    for h in ev["heads"].split(","):
+        lo, hi = ev.get(f"eval_head_{h}_ci95") or (None, None)
+        acc = f"{f(ev.get(f'eval_head_{h}_accuracy'))} (95% CI {f(lo)}-{f(hi)})"
+        rows[f"`{h}` (weight {weights.get(h, '0')})"] = f"{acc} on {ev.get(f'eval_head_{h}_pairs')} pairs"
+    against = ev.get("eval_overall_vs_correct_disagreement")
+    note = (f"\n\nThe `overall` head prefers the response the `correct` head rejects in {against:.1%} of "
+            f"{ev['eval_overall_vs_correct_pairs']} held-out pairs." if against is not None else "")  # fmt: skip
+    return (
+        f"\n## Reward heads\n\nOne body, a head per criterion, each trained and measured on the pairs that carry its "
+        f"label. The model scores `{ev['objective']}` (saved in `reward_heads.json`; `--objective` overrides it in "
+        f"ppo, rloo, grpo and evaluate).\n\n{table(rows, ('head', 'held-out accuracy'))}{note}\n"
+    )
+
+
 def _limitations(run: dict[str, Any]) -> str:
     limits = [VERBOSITY_NOTE]
     ev = run.get("eval") or {}
@@ -195,7 +217,7 @@ def model_card(run: dict[str, Any], release: Release | None = None) -> str:
     about = f"{run['about']}\n\n" if run.get("about") else ""
     config = yaml.safe_dump(run["config"], sort_keys=False).strip() if run["config"] else "not recorded"
     # The ruler's figures have their own section; the table keeps the rest.
-    shown = {k: v for k, v in (run["eval"] or {}).items() if not k.startswith("ruler_")}
+    shown = {k: v for k, v in (run["eval"] or {}).items() if not k.startswith(("ruler_", "eval_head_"))}
     evaluation = table(shown, ("metric", "value")) if run["eval"] else "No held-out evaluation was recorded."
     distill = (
         f"\n## Distillation\n\n{_distill_section(run['distill'], trimmed=bool(run.get('trim')))}\n"
@@ -220,7 +242,7 @@ The run's `config.yaml`: a recipe that runs it again (`--config`).
 ## Held-out results
 
 {evaluation}
-{_ruler_section(run["eval"])}{distill}
+{_ruler_section(run["eval"])}{_heads_section(run["eval"])}{distill}
 ## Known limitations
 
 {_limitations(run)}

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.config import parse_config, save_config
+from rlhf.reward_heads import ObjectiveArgs, objective_record
 
 Messages = list[dict[str, str]]
 
 
 @dataclass
-class EvalArgs:
+class EvalArgs(ObjectiveArgs):
     """Reward-model win rate of a policy over a reference on held-out prompts, length-controlled."""
 
     policy: str | None = field(
@@ -48,8 +49,10 @@ class EvalArgs:
     num_examples: int = field(default=5, metadata={"help": "sample pairs shown side by side"})
     reference_answers: str | None = field(
         default=None,
-        metadata={"help": "JSON file caching the reference's answers: reused when the reference, prompts and "
-                  "generation settings match, so evaluating several policies generates them once"},
+        metadata={
+            "help": "JSON file caching the reference's answers: reused when the reference, prompts and "
+            "generation settings match, so evaluating several policies generates them once"
+        },
     )
     seed: int = field(default=42, metadata={"help": "seed for prompt sampling and generation"})
 
@@ -262,9 +265,10 @@ def evaluate(cfg: EvalArgs) -> dict[str, Any]:
     ref = cached_answers(cfg.reference_answers, answer_key(cfg.reference, prompts, cfg),
                          lambda: answers(cfg.reference, prompts, cfg, device))  # fmt: skip
     rm_tok = load_tokenizer(cfg.reward_model)
-    rm = load_reward_model(cfg.reward_model, rm_tok).to(device)
+    rm = load_reward_model(cfg.reward_model, rm_tok, objective=cfg.objective).to(device)
     (pol_scores, ref_scores), (pol_len, ref_len) = judge(rm, rm_tok, prompts, pol, ref)
     summary = summarize(pol_scores, ref_scores, pol_len, ref_len, cfg.length_tolerance) | judge_ruler(cfg.reward_model)
+    summary |= objective_record(rm)  # the weights a multi-head judge scored with
     rows = zip(prompts, pol, ref, pol_scores, ref_scores, pol_len, ref_len, strict=True)
     keys = ("prompt", "policy", "reference", "policy_score", "reference_score", "policy_length", "reference_length")
     examples = [dict(zip(keys, r, strict=True)) for r in rows]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rlhf.common import BaseArgs, append_metrics, finish_rl_run, start_run, use_cuda
 from rlhf.config import parse_config
+from rlhf.reward_heads import ObjectiveArgs, objective_record
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +39,7 @@ DEFAULT_LR = 3e-6  # when --learning-rate is unset
 
 
 @dataclass
-class PPOArgs(BaseArgs):
+class PPOArgs(ObjectiveArgs, BaseArgs):
     """PPO against a reward model (N+ implementation details, Huang et al. 2024)."""
 
     output_dir: str = field(default="runs/ppo", metadata={"help": "where the policy, config and metrics go"})
@@ -115,8 +116,10 @@ def load_models(cfg: PPOArgs, device) -> tuple[Any, Any, Any, Any, Any, Any]:
     path = resolve_model(cfg.model)
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval().requires_grad_(False)
-    reward = load_reward_model(cfg.reward_model, reward_tok).to(device).eval().requires_grad_(False)
-    value = load_reward_model(cfg.reward_model, tok)  # N+ detail: value model initialised from the reward model
+    reward = load_reward_model(cfg.reward_model, reward_tok, objective=cfg.objective)
+    reward = reward.to(device).eval().requires_grad_(False)
+    # N+ detail: value model initialised from the reward model (a multi-head one's objective-weighted head)
+    value = load_reward_model(cfg.reward_model, tok, objective=cfg.objective)
     for m in (policy, ref, reward, value):
         _disable_dropout(m)
     if cfg.gradient_checkpointing:  # recompute activations in the update's backward; rollouts run in eval mode
@@ -485,7 +488,9 @@ def train(cfg: PPOArgs, out_dir: Path) -> dict[str, Any]:
         unwrapped.policy.save_pretrained(out_dir)
         tok.save_pretrained(out_dir)
     accelerator.end_training()  # finishes trackers; destroys the process group, so it comes last
-    results = {f"{k}_before": v for k, v in before.items()} | after | {"reward_shift": shift}
+    results = (
+        {f"{k}_before": v for k, v in before.items()} | after | {"reward_shift": shift} | objective_record(reward)
+    )
     # rollouts/s: sampling plus the no-grad policy, reference, value and reward passes, per process
     speed = {"rollouts_per_s": steps * B / rollout_s, "rollout_s": rollout_s, "update_s": update_s}
     if accelerator.is_main_process:

@@ -8,7 +8,8 @@ the length ruler (annotate.audit_ruler): on the same pairs, the accuracy of "pic
 a style-only model fitted on the training pairs, with a flag when the model is not clearly above the best of them.
 `--length-debias` counters raters' taste for length and style in the training pairs (rlhf/reward_debias.py):
 `resample` balances the data; `joint`, `odin` and `poe` train something beside the reward that absorbs length
-(a length term; a length head; a bias-only model on style features) and drop it at inference.
+(a length term; a length head; a bias-only model on style features) and drop it at inference. `--heads` trains a
+head per criterion on one body and `--objective` weighs them into the one score (rlhf/reward_heads.py).
 `score()` is the one way the project asks a reward model for numbers (the chat-templated conversation, read at its
 last token, batched by length): this command's held-out report, ppo (rollouts, through ppo.score_responses), rloo
 (TRL's reward function, `reward_function` here), evaluate, the distillation report, and the app's active sampling
@@ -31,7 +32,7 @@ from rlhf.common import (
     row_tokens,
     trl_args,
 )
-from rlhf.reward_report import dropped_term_report, report_from_scores, summary_lines
+from rlhf.reward_report import dropped_term_report, heads_report, report_from_scores, summary_lines
 from rlhf.sampling import response_text  # sampled ids -> the text scored (also importable from here)
 from rlhf.skeleton import TrainerRun
 
@@ -82,18 +83,44 @@ class RewardArgs(ResumeArgs, PackingArgs, BaseArgs):
     odin_orthogonality: float = field(
         default=1.0, metadata={"help": "odin: weight lambda_O of the orthogonality loss between the two heads"}
     )
+    heads: str | None = field(
+        default=None,
+        metadata={"help": "a head per criterion on one body, e.g. overall,correct,helpful,harmless,concise: each "
+                  "learns from the pairs carrying its pick (export's criterion_* columns; rlhf/reward_heads.py)"},
+    )  # fmt: skip
+    objective: str | None = field(
+        default=None,
+        metadata={"help": "with --heads: the heads' weights saved as the model's score, e.g. 'correct=2,overall=1' "
+                  "(default: overall=1; ppo, rloo and evaluate may override it)"},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        from rlhf.reward_heads import check_options
+
+        check_options(self.heads, self.objective, self.length_debias)
 
 
 def load_reward_model(
-    name_or_path: str, tokenizer: PreTrainedTokenizerBase | None = None, num_labels: int = 1
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    num_labels: int = 1,
+    objective: str | None = None,
 ) -> PreTrainedModel:
-    """A sequence-classification model with one output (two while `odin` trains); the head is new when loading a
-    plain LM."""
+    """A sequence-classification model with one output: a multi-head model (`reward --heads`) comes with its heads
+    folded into that output by `objective` ('correct=2,overall=1'; None: the one saved with it), a UsageError for a
+    one-head model. `num_labels` > 1 asks for every output instead (odin's two and --heads' K while training; the
+    head is new when loading a plain LM)."""
     from transformers import AutoModelForSequenceClassification
 
     from rlhf.models import resolve_model
+    from rlhf.reward_heads import fold_objective, heads_of
 
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(name_or_path), num_labels=num_labels)
+    path = resolve_model(name_or_path)
+    heads = heads_of(path, objective, str(name_or_path))
+    outputs = len(heads["heads"]) if heads and num_labels == 1 else num_labels
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=outputs)
+    if heads and num_labels == 1:
+        fold_objective(model, heads, objective, str(name_or_path))
     if tokenizer is not None:
         # The model's own forward reads the last non-pad token, so it must know the pad id. score() does not use it.
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -143,8 +170,11 @@ def length_batches(lengths: list[int], max_rows: int, max_padding: float = 0.1) 
     return batches
 
 
-def last_token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Head output at each row's true last token: input_ids, attention_mask (B, L) right-padded -> (B,).
+def last_token_scores(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_heads: bool = False
+) -> torch.Tensor:
+    """Head output at each row's true last token: input_ids, attention_mask (B, L) right-padded -> (B,), or with
+    `all_heads` (B, K), every output of a K-output head (an unfolded multi-head model, rlhf/reward_heads.py).
 
     The backbone runs once; the score head (a linear layer, applied per token by the model's own forward) is applied
     to the hidden state at position length-1 only.
@@ -158,7 +188,12 @@ def last_token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (B,L,H)
     last = attention_mask.sum(-1) - 1  # (B,)
     pooled = hidden[torch.arange(len(last), device=hidden.device), last]  # (B, H)
-    return inner.score(pooled)[:, 0].float()  # (B,)
+    out = inner.score(pooled).float()  # (B, K)
+    if all_heads:
+        return out
+    if out.shape[-1] != 1:  # reading output 0 alone would silently score one head
+        raise ValueError(f"the score head has {out.shape[-1]} outputs: load the model with load_reward_model")
+    return out[:, 0]  # (B,)
 
 
 def score_ids(
@@ -167,15 +202,17 @@ def score_ids(
     batch_size: int = 32,
     max_padding: float = 0.1,
     desc: str | None = None,
-) -> list[float]:
-    """Reward of each token sequence, batched by length (see length_batches), in the input order."""
+    all_heads: bool = False,
+) -> list[float] | list[list[float]]:
+    """Reward of each token sequence, batched by length (see length_batches), in the input order (with `all_heads`,
+    the list of every head's output per sequence)."""
     import torch
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = [0.0] * len(ids)
+    out: list = [0.0] * len(ids)
     try:
         for batch in tqdm(length_batches([len(x) for x in ids], batch_size, max_padding), desc=desc,
                           disable=desc is None, leave=False):  # fmt: skip
@@ -184,7 +221,7 @@ def score_ids(
             input_ids = torch.tensor([ids[i] + [0] * (width - len(ids[i])) for i in batch], device=device)
             mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in batch], device=device)
             with torch.no_grad():
-                scores = last_token_scores(model, input_ids, mask).cpu().tolist()
+                scores = last_token_scores(model, input_ids, mask, all_heads).cpu().tolist()
             for i, s in zip(batch, scores):
                 out[i] = s
     finally:
@@ -200,13 +237,15 @@ def score(
     batch_size: int = 32,
     max_padding: float = 0.1,
     desc: str | None = None,
-) -> list[float]:
+    all_heads: bool = False,
+) -> list[float] | list[list[float]]:
     """Reward of each (prompt, response), formatted by the chat template exactly as RewardTrainer formats pairs and
-    read at the conversation's last token. Batched by length: padding is at most `max_padding` of the real tokens."""
+    read at the conversation's last token. Batched by length: padding is at most `max_padding` of the real tokens.
+    `all_heads`: every output of an unfolded multi-head model (see last_token_scores)."""
     if len(prompts) != len(responses):
         raise ValueError(f"score: {len(prompts)} prompts but {len(responses)} responses")
     ids = [conversation_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
-    return score_ids(model, ids, batch_size, max_padding, desc)
+    return score_ids(model, ids, batch_size, max_padding, desc, all_heads)
 
 
 def reward_function(model: PreTrainedModel, reward_tokenizer, policy_tokenizer, batch_size: int = 32):
@@ -225,15 +264,18 @@ def reward_function(model: PreTrainedModel, reward_tokenizer, policy_tokenizer, 
     return reward_model
 
 
-def score_pool(pool: pa.Table, model_dir: str | Path, batch_size: int = 32, chunk: int = 4096) -> dict:
-    """Reward of every pool candidate: {(prompt_id, response_id): float}, with a progress bar."""
+def score_pool(
+    pool: pa.Table, model_dir: str | Path, batch_size: int = 32, chunk: int = 4096, objective: str | None = None
+) -> dict:
+    """Reward of every pool candidate: {(prompt_id, response_id): float}, with a progress bar. `objective`: the
+    weights of a multi-head model's heads (None: its saved ones)."""
     from tqdm import tqdm
 
     from rlhf.models import load_tokenizer
 
     rows = pool.select(["prompt_id", "prompt", "response_id", "response"]).to_pylist()
     tokenizer = load_tokenizer(str(model_dir))
-    model = load_reward_model(str(model_dir), tokenizer)
+    model = load_reward_model(str(model_dir), tokenizer, objective=objective)
     rewards: list[float] = []
     # Chunks of many batches: the bar moves, and score() still sorts each chunk by length before batching it.
     for start in tqdm(range(0, len(rows), chunk), desc=f"Scoring pool with {Path(model_dir).name}", unit="chunk"):
@@ -242,25 +284,33 @@ def score_pool(pool: pa.Table, model_dir: str | Path, batch_size: int = 32, chun
     return {(r["prompt_id"], r["response_id"]): x for r, x in zip(rows, rewards)}
 
 
-def active_strategy(pool: pa.Table, model_dir: str | Path, **kw) -> ActiveStrategy:
-    """annotate.active's strategy with this reward model's scores, re-scored by `refresh()` / `watch()`."""
+def active_strategy(pool: pa.Table, model_dir: str | Path, objective: str | None = None, **kw) -> ActiveStrategy:
+    """annotate.active's strategy with this reward model's scores (a multi-head model's by `objective`), re-scored
+    by `refresh()` / `watch()`."""
     from annotate.active import ActiveStrategy
 
-    return ActiveStrategy(score_pool(pool, model_dir), rescore=lambda: score_pool(pool, model_dir),
-                          model_dir=model_dir, **kw)  # fmt: skip
+    rescore = lambda: score_pool(pool, model_dir, objective=objective)  # noqa: E731
+    return ActiveStrategy(rescore(), rescore=rescore, model_dir=model_dir, **kw)
 
 
-def heldout_scores(model, tokenizer, test: Dataset, batch_size: int = 32) -> dict[str, Any]:
+def heldout_scores(
+    model, tokenizer, test: Dataset, batch_size: int = 32, weights: list[float] | None = None
+) -> dict[str, Any]:
     """Rewards of the chosen and rejected responses of held-out pairs, scored in one length-sorted pass, and the
-    response lengths in tokens: what heldout_report summarises (score once per model, report as often as needed)."""
+    response lengths in tokens: what heldout_report summarises (score once per model, report as often as needed).
+    `weights`: the model is an unfolded multi-head one; `head_rewards` (2N, K) holds every head's output and
+    `rewards` their weighted sum, what the folded model scores."""
     import numpy as np
 
     prompts = list(test["prompt"])
     chosen = [m[0]["content"] for m in test["chosen"]]
     rejected = [m[0]["content"] for m in test["rejected"]]
-    rewards = np.array(score(model, tokenizer, prompts + prompts, chosen + rejected, batch_size))
+    out = np.array(score(model, tokenizer, prompts + prompts, chosen + rejected, batch_size,
+                         all_heads=weights is not None))  # fmt: skip
+    heads = {} if weights is None else {"head_rewards": out.reshape(-1, len(weights))}
+    rewards = out if weights is None else heads["head_rewards"] @ np.asarray(weights, dtype=float)
     lengths = np.array([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in chosen + rejected])
-    return {"rewards": rewards, "lengths": lengths, "pairs": len(test)}
+    return {"rewards": rewards, "lengths": lengths, "pairs": len(test), **heads}
 
 
 def heldout_report(model, tokenizer, test: Dataset, batch_size: int = 32, length_coef: float = 0.0) -> dict[str, Any]:
@@ -305,16 +355,20 @@ def build_trainer(cfg: RewardArgs):
     from annotate.audit_ruler import fit_style_model
     from rlhf.data import REQUIRED, trainer_columns
     from rlhf.reward_debias import chosen_longer_share, debias_trainer, length_balanced, with_debias_columns
+    from rlhf.reward_heads import LABELS, parse_heads, with_head_labels
+    from rlhf.reward_heads_trainer import HeadsTrainer
 
     tokenizer, train, test, info = load_data(cfg)
     style = fit_style_model(*responses(train))
     set_seed(cfg.seed)  # the new score head is drawn here: same seed, same run
-    model = load_reward_model(cfg.model, tokenizer, num_labels=2 if cfg.length_debias == "odin" else 1)
-    if cfg.length_debias == "odin":
+    heads = parse_heads(cfg.heads) if cfg.heads else ()
+    outputs = len(heads) or (2 if cfg.length_debias == "odin" else 1)
+    model = load_reward_model(cfg.model, tokenizer, num_labels=outputs)
+    if outputs > 1:
         if not hasattr(model, "score"):
-            raise ValueError(f"odin: {type(model).__name__} has no `score` head to split into quality and length")
-        # TRL accepts only a one-label config; the head keeps its two rows (drawn by the model's own init) until
-        # save keeps the quality row. Checkpoints written while training hold both.
+            raise ValueError(f"{type(model).__name__} has no `score` head to give {outputs} outputs")
+        # TRL accepts only a one-label config; the head keeps its rows (drawn by the model's own init) until save
+        # keeps odin's quality row, or names the heads. Checkpoints written while training hold every row.
         model.config.num_labels = 1
     peft_config = None
     if cfg.lora_r > 0:
@@ -337,15 +391,18 @@ def build_trainer(cfg: RewardArgs):
         info["train"]["chosen_longer_share_resampled"] = chosen_longer_share(train)
         info["train"]["pairs_resampled"] = len(train)
     train = with_debias_columns(train, cfg.length_debias, style)
+    if heads:
+        train, labelled = with_head_labels(train, heads)
+        info["train"] |= {f"head_pairs_{h}": n for h, n in labelled.items()}
     kw = dict(
         model=model,
         args=args,
-        train_dataset=trainer_columns(train, (*REQUIRED, "response_lengths", "style")),
+        train_dataset=trainer_columns(train, (*REQUIRED, "response_lengths", "style", LABELS)),
         processing_class=training_tokenizer(tokenizer, train[0]),
         peft_config=peft_config,
         callbacks=[metrics_callback(cfg.output_dir)],
     )
-    trainer = debias_trainer(cfg, kw, train, style)
+    trainer = HeadsTrainer(heads=heads, **kw) if heads else debias_trainer(cfg, kw, train, style)
     if cfg.packing:
         from rlhf.packing import enable_packed_reward
 
@@ -375,15 +432,23 @@ class RewardRun(TrainerRun):
             self.length_head = keep_quality_head(model)  # the saved model scores quality only
         model.config.pad_token_id = self.tokenizer.pad_token_id  # training may have padded with another token
         if is_main_process():
+            if self.cfg.heads:
+                from rlhf.reward_heads import training_objective, write_heads
+
+                write_heads(model, out, *training_objective(self.cfg.heads, self.cfg.objective))  # num_labels = K
             model.save_pretrained(out)
             self.tokenizer.save_pretrained(out)
         self.model = model
 
     def results(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         from annotate.audit_ruler import length_ruler
+        from rlhf.reward_heads import training_objective
 
         cfg = self.cfg
-        scored = heldout_scores(self.model, self.tokenizer, self.test, cfg.score_batch_size)
+        # --heads: every head scored in one pass; their objective-weighted sum is what the saved model scores
+        heads, objective = training_objective(cfg.heads, cfg.objective) if cfg.heads else ((), {})
+        weights = [objective.get(h, 0.0) for h in heads] if heads else None
+        scored = heldout_scores(self.model, self.tokenizer, self.test, cfg.score_batch_size, weights)
         results = report_from_scores(scored)
         results["length_debias"] = cfg.length_debias
         length_head = None
@@ -396,9 +461,14 @@ class RewardRun(TrainerRun):
         results |= dropped_term_report(cfg.length_debias, self.trainer, self.style, responses(self.test), scored,
                                        length_head)  # fmt: skip
         results |= length_ruler(self.style, *responses(self.test), results["eval_accuracy"])
+        if heads:
+            results |= heads_report(scored["head_rewards"], self.test, heads, objective)
         return results | {f"train_{k}": v for k, v in self.info["train"].items()}
 
     def about(self) -> str:
+        if self.cfg.heads:
+            return (f"A reward model with a head per criterion ({self.cfg.heads}) on one body, trained on pairwise "
+                    "preferences; it scores the objective-weighted sum of its heads.")  # fmt: skip
         return "A reward model (sequence classification, one output) trained on pairwise preferences."
 
     def summary(self, results: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> str:

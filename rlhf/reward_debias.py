@@ -256,21 +256,13 @@ class OdinTrainer(DroppedTermTrainer):
 def keep_quality_head(model: nn.Module) -> nn.Linear:
     """Make a trained ODIN model (in place) a plain one-output reward model whose `score` is the quality head, as
     rlhf.reward.score and every other command expect. Returns the dropped length head (for the held-out report)."""
+    from rlhf.reward_heads import combine_rows  # one-output layers from rows of a head, as --heads folds them
+
     head = model.score
     if head.out_features != 2:
         raise ValueError(f"odin: expected a two-output score head, found {head.out_features} outputs")
-
-    def row(i: int) -> nn.Linear:
-        out = nn.Linear(head.in_features, 1, bias=head.bias is not None, device=head.weight.device,
-                        dtype=head.weight.dtype)  # fmt: skip
-        with torch.no_grad():
-            out.weight.copy_(head.weight[i : i + 1])
-            if head.bias is not None:
-                out.bias.copy_(head.bias[i : i + 1])
-        return out
-
-    length = row(1)
-    model.score = row(0)
+    length = combine_rows(head, [0.0, 1.0])
+    model.score = combine_rows(head, [1.0, 0.0])
     model.num_labels = 1  # the classification forward reads it
     model.config.num_labels = 1  # and a reload builds a one-output head
     return length

@@ -1,8 +1,10 @@
 """A reward model's held-out report, from scores already taken (rlhf.reward.heldout_scores): accuracy, margin,
-reward-length correlation, and what a `--length-debias` method dropped at inference. Pure numbers, no model."""
+reward-length correlation, what a `--length-debias` method dropped at inference, and each head of a `--heads` model.
+Pure numbers, no model."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -69,6 +71,31 @@ def dropped_term_report(
     return {}
 
 
+def heads_report(head_rewards: Any, test: Any, heads: Sequence[str], objective: Mapping[str, float]) -> dict[str, Any]:
+    """Each head's held-out accuracy on the pairs carrying its own label (ties count half; 95% Wilson interval), and
+    how often the `overall` head prefers the response the `correct` head rejects, over every held-out pair (both
+    heads score them all). head_rewards: heldout_scores' (2N, K), chosen rows then rejected; test: the N pairs."""
+    import numpy as np
+
+    from annotate.audit_stats import wilson
+    from rlhf.reward_heads import format_objective, label_matrix
+
+    labels = label_matrix(test, heads)  # (N, K)
+    n = len(labels)
+    diff = head_rewards[:n] - head_rewards[n:]  # (N, K): chosen minus rejected, per head
+    out: dict[str, Any] = {"heads": ",".join(heads), "objective": format_objective(objective)}
+    for k, h in enumerate(heads):
+        right = labels[:, k][labels[:, k] != 0] * diff[:, k][labels[:, k] != 0]  # > 0: the head agrees
+        acc = float((right > 0).mean() + 0.5 * (right == 0).mean()) if len(right) else None
+        ci = wilson(round(acc * len(right)), len(right)) if acc is not None else None
+        out |= {f"eval_head_{h}_pairs": len(right), f"eval_head_{h}_accuracy": acc,
+                f"eval_head_{h}_ci95": list(ci) if ci else None}  # fmt: skip
+    if "overall" in heads and "correct" in heads and n:
+        against = np.sign(diff[:, heads.index("overall")]) * np.sign(diff[:, heads.index("correct")]) < 0
+        out |= {"eval_overall_vs_correct_pairs": n, "eval_overall_vs_correct_disagreement": float(against.mean())}
+    return out
+
+
 def summary_lines(results: dict[str, Any]) -> str:
     """What the reward run prints last: accuracy and length correlation, the dropped term, the ruler's verdict."""
     lines = [f"[reward] held-out accuracy {results['eval_accuracy']:.3f} on {results['eval_pairs']} pairs; "
@@ -83,6 +110,15 @@ def summary_lines(results: dict[str, Any]) -> str:
     if "poe_bias_weights" in results:
         lines.append(f"[reward] bias-only model (dropped at inference): held-out accuracy "
                      f"{results['eval_bias_model_accuracy']:.3f}")  # fmt: skip
+    if "heads" in results:
+        acc = {h: results[f"eval_head_{h}_accuracy"] for h in results["heads"].split(",")}
+        each = ", ".join(f"{h} {'n/a' if a is None else f'{a:.3f}'} ({results[f'eval_head_{h}_pairs']} pairs)"
+                         for h, a in acc.items())  # fmt: skip
+        lines.append(f"[reward] heads, held-out accuracy on their own labels: {each}; scores {results['objective']}")
+    if "eval_overall_vs_correct_disagreement" in results:
+        lines.append(f"[reward] the overall head prefers the response the correct head rejects in "
+                     f"{results['eval_overall_vs_correct_disagreement']:.1%} of "
+                     f"{results['eval_overall_vs_correct_pairs']} held-out pairs")  # fmt: skip
     if "ruler_verdict" in results:
         warn = "WARNING: " if results["ruler_flag"] else ""
         lines.append(f"[reward] length ruler: {warn}{results['ruler_verdict']}")

@@ -16,10 +16,11 @@ from typing import Any, ClassVar
 
 from rlhf.common import BaseArgs, finish_rl_run, metrics_callback, start_run, trl_args, use_cuda
 from rlhf.config import parse_config
+from rlhf.reward_heads import ObjectiveArgs, objective_record
 
 
 @dataclass
-class RLOOArgs(BaseArgs):
+class RLOOArgs(ObjectiveArgs, BaseArgs):
     """RLOO against a reward model (TRL RLOOTrainer)."""
 
     trl_config_class: ClassVar[str] = "trl.RLOOConfig"  # its other fields are options too (rlhf/config.py)
@@ -68,7 +69,8 @@ def train(cfg: RLOOArgs) -> dict[str, Any]:
     tok = load_tokenizer(cfg.model)
     tok.padding_side = "left"
     rm_tok = load_tokenizer(cfg.reward_model)
-    reward = load_reward_model(cfg.reward_model, rm_tok).to(device).eval().requires_grad_(False)
+    reward = load_reward_model(cfg.reward_model, rm_tok, objective=cfg.objective)
+    reward = reward.to(device).eval().requires_grad_(False)
     eval_path = heldout_path(cfg.data, cfg.eval_data)
     train_p, test_p = split_prompts(load_prompts(cfg.data), eval_path, cfg.test_fraction, cfg.seed)
     limit = cfg.max_length - cfg.response_length
@@ -104,7 +106,8 @@ def train(cfg: RLOOArgs) -> dict[str, Any]:
     done = trainer.state.global_step * per_step * trainer.accelerator.num_processes
     speed = {"completions_per_s": done / runtime, "train_s": runtime}
     print(f"[rloo] {speed['completions_per_s']:.2f} completions/s including updates ({runtime:.0f} s)")
-    return {f"{k}_before": v for k, v in before.items()} | after | speed | {"heldout_prompts": len(test_q)}
+    scored = {"heldout_prompts": len(test_q)} | objective_record(reward)
+    return {f"{k}_before": v for k, v in before.items()} | after | speed | scored
 
 
 def main(argv: list[str] | None = None) -> int:

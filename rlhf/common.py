@@ -110,6 +110,7 @@ def use_cuda(cfg: BaseArgs) -> bool:
 NOT_DECLARED = {
     # RLOO bounds prompt and completion itself (max_completion_length); rloo.py drops prompts over max_length.
     "RLOOConfig": {"max_length"},
+    "GRPOConfig": {"max_length"},  # likewise (max_completion_length); grpo.py drops prompts over max_length
 }
 
 

@@ -21,6 +21,7 @@ COMMANDS = {
     "dpo": ("rlhf.dpo", "direct preference optimisation (TRL DPOTrainer)"),
     "ppo": ("rlhf.ppo", "PPO against a reward model (our implementation; TRL 1.x has none)"),
     "rloo": ("rlhf.rloo", "RLOO against a reward model (TRL RLOOTrainer)"),
+    "grpo": ("rlhf.grpo", "GRPO on a reward model blended with verifiers (TRL GRPOTrainer)"),
     "evaluate": ("rlhf.evaluate", "reward-model win rate of a policy over a reference, length-controlled"),
     "pipeline": ("rlhf.pipeline", "data -> reward -> dpo -> ppo -> rloo -> evaluate in one command, with a report"),
     "distill": ("rlhf.distill", "distil a policy into a smaller, faster student"),

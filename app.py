@@ -38,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a non-loopback --host without --users (anyone reaching the port can vote as anyone)",
     )  # fmt: skip
     p.add_argument("--demo-admin", action="store_true", help="without --users: show the Export and Dashboard tabs")
-    p.add_argument("--strategy", default="balanced", help="pair sampling: uniform | balanced | active")
+    p.add_argument(
+        "--strategy", default="balanced",
+        help="pair sampling: uniform | balanced | active (reward model) | judge (where the AI judge's votes in "
+        "--store are unsure or flip across orders; python rlhf/train.py judge)",
+    )  # fmt: skip
     p.add_argument("--reward-model", help="reward model directory ranking pairs for --strategy active (required)")
     p.add_argument(
         "--objective",
@@ -97,12 +101,17 @@ def main(argv: list[str] | None = None) -> int:
         # training and other engines see them soon; until then they are durable in the write-ahead segment.
         store = ComparisonStore(args.store, seal_idle_s=5.0, seal_max_age_s=30.0)
         pool = read_pool(args.pool)
-        strategy = args.strategy
+        strategy, votes = args.strategy, None
         if args.reward_model:
             strategy = _active_strategy(pool, args.reward_model, args.reward_refresh_s, args.objective)
+        elif args.strategy == "judge":  # the judge's doubt ranks pairs; its own votes do not close them
+            from annotate.active import judge_strategy
+
+            strategy, votes = judge_strategy(store.read())
         sampler = PairSampler(
             pool, strategy=strategy, overlap=args.overlap, gold_share=args.gold_share,
-            repeat_rate=args.repeat_rate, honeypot_rate=args.honeypot_rate, seed=args.seed, votes=store.read(),
+            repeat_rate=args.repeat_rate, honeypot_rate=args.honeypot_rate, seed=args.seed,
+            votes=store.read() if votes is None else votes,
         )  # fmt: skip
         auth = Authenticator(args.users, session_hours=args.session_hours) if args.users else None
     except (SchemaError, FileNotFoundError, ValueError) as e:

@@ -13,6 +13,10 @@ a fresh pair the model is merely unsure about. With overlap 1 a judged pair is c
 Scores are given; `refresh()` calls the `rescore` callable to get new ones (the swap is atomic and scoring runs
 outside the sampler's lock, so serving never waits on a model). Nothing here loads a model: the entry point wires
 in rlhf.reward.active_strategy, so the labeling app and this module run without torch.
+
+JudgeStrategy is the same ranking with an AI judge's votes in place of the reward model (annotate.judge_votes):
+u is the judge's doubt on the pair (1 where it flipped across the two orders or never judged the pair, else
+1 - |2 p_a - 1|) and "the side the model ranks lower" is the side the judge ranked lower.
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from annotate.judge_votes import JudgedPair, PairKey
 
 Scores = Mapping[tuple[str, str], float]  # (prompt_id, response_id) -> reward
 
@@ -157,3 +166,33 @@ class ActiveStrategy:
             if not cands:
                 return None
             return max(cands, key=lambda i: self.priority(sampler, i))  # max keeps the first of equals
+
+
+class JudgeStrategy(ActiveStrategy):
+    """ActiveStrategy ranked by an AI judge's doubt instead of reward-model scores (see the module docstring)."""
+
+    def __init__(self, judged: Mapping[PairKey, JudgedPair], *, disagreement_weight: float = 1.0):
+        super().__init__({}, disagreement_weight=disagreement_weight)
+        self._judged = dict(judged)
+
+    def _prepare(self, sampler: SamplerView, rng: random.Random) -> None:
+        self._uncertainty, self._prefers = [], []
+        for pid, a, b, _ in sampler.pairs:  # the sampler's a has the lower response id, as judge_pairs keys
+            j = self._judged.get((pid, a.response_id, b.response_id))
+            self._uncertainty.append(1.0 if j is None else j.doubt)  # unjudged: nothing known, a human decides
+            self._prefers.append("a" if j is None or j.p_a >= 0.5 else "b")
+        order = list(range(len(sampler.pairs)))
+        rng.shuffle(order)
+        self._order = sorted(order, key=lambda i: -self._uncertainty[i])
+        self._bound = sampler
+
+
+def judge_strategy(votes: pa.Table, annotator: str | None = None) -> tuple[JudgeStrategy, pa.Table]:
+    """(a JudgeStrategy from the judge votes in `votes`, the votes without them). The sampler gets the second: a
+    judge's votes must not count as judgments toward `overlap`, or the pairs it judged would never reach a human."""
+    import pyarrow.compute as pc
+
+    from annotate.judge_votes import JUDGE_PREFIX, judge_pairs
+
+    human = votes.filter(pc.invert(pc.starts_with(votes.column("annotator"), JUDGE_PREFIX)))
+    return JudgeStrategy(judge_pairs(votes, annotator)), human

@@ -22,6 +22,7 @@ COMMANDS = {
     "ppo": ("rlhf.ppo", "PPO against a reward model (our implementation; TRL 1.x has none)"),
     "rloo": ("rlhf.rloo", "RLOO against a reward model (TRL RLOOTrainer)"),
     "grpo": ("rlhf.grpo", "GRPO on a reward model blended with verifiers (TRL GRPOTrainer)"),
+    "judge": ("rlhf.judge", "an AI judge votes on pool pairs in both orders, into the store as judge:<model>"),
     "evaluate": ("rlhf.evaluate", "reward-model win rate of a policy over a reference, length-controlled"),
     "pipeline": ("rlhf.pipeline", "data -> reward -> dpo -> ppo -> rloo -> evaluate in one command, with a report"),
     "distill": ("rlhf.distill", "distil a policy into a smaller, faster student"),

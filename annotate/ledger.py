@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from annotate.indexed_set import IndexedSet
+from annotate.judge_votes import is_judge
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US = timedelta(microseconds=1)
@@ -164,6 +165,8 @@ class Ledger:
         if cid in self._applied:
             return False
         self._applied.add(cid)
+        if is_judge(annotator):  # an AI judge's verdicts (rlhf/train.py judge) never close a pair for people
+            return True
         if retracts:
             self._retracted.add(retracts)
             self._remove_vote(retracts)

@@ -72,7 +72,7 @@ class Server:
         if self.proc.poll() is None:
             self.proc.kill()
 
-    def _wait(self, timeout: float = 120) -> None:  # generous: tests share a busy 2-core machine
+    def _wait(self, timeout: float = 300) -> None:  # generous: tests share a busy 2-core machine (120 s once ran out)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

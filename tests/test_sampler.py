@@ -516,3 +516,24 @@ def test_repeat_serves_leave_the_newest_vote_standing():
     sampler.record(retraction(v1))
     assert sampler.standing_vote("r", 0) is None and sampler.judgments() == [0]
     assert sampler.next_pair("r") is None  # nothing decided to repeat, and the pair was seen
+
+
+def test_an_ai_judges_votes_never_close_a_pair_for_people():
+    """`rlhf/train.py judge` writes into the same store: with overlap 1 its verdicts on every pair, live or
+    replayed, must leave every pair open for the human annotators."""
+    sampler = PairSampler(make_pool(5, 2), strategy="balanced", overlap=1, seed=11)  # 5 pairs
+    judge_votes = []
+    for i in range(len(sampler.pairs)):
+        pair = sampler._make(i, "a", "normal")
+        judge_votes.append(vote_record(pair, "judge:some-model", "a"))
+    for rec in judge_votes:
+        sampler.apply(rec)  # as the follower applies another process's records
+    assert sampler.judgments() == [0] * 5
+    restarted = PairSampler(make_pool(5, 2), overlap=1, seed=12, votes=comparisons_table(judge_votes))
+    assert restarted.judgments() == [0] * 5
+    served = []
+    while (pair := restarted.next_pair("human")) is not None:
+        served.append(pair.index)
+        restarted.record(vote_record(pair, "human", "b"))
+    assert sorted(served) == [0, 1, 2, 3, 4]  # every pair still reaches a person
+    assert restarted.judgments() == [1] * 5

@@ -1,13 +1,15 @@
 """Audit a store's judgments before training on them: agreement, annotator quality, position and length bias,
 preferred-vs-correct, a Bradley-Terry ranking of the candidate sources, the length ruler on the votes (how well
-"pick the longer", "pick the shorter" and a style-only model predict what annotators chose) and, on prompts with a
-verifier, preferred vs verified (how often the response the verifier rejects was preferred, annotate.audit_correct).
+"pick the longer", "pick the shorter" and a style-only model predict what annotators chose), annotator reliability
+under a latent-truth model (annotate.audit_reliability), on prompts with a verifier preferred vs verified (how often
+the response the verifier rejects was preferred, annotate.audit_correct) and, when AI judges voted (annotator
+"judge:<model>"), the judge bias card (annotate.audit_judge).
 
 Everything here is a pure function of the comparisons (the store's standing votes, annotate.store.standing_mask),
 returned as a typed `annotate.audit_types.AuditResult`, so the CLI (annotate.audit_cli), the HTML/JSON report
-and the app's Dashboard tab (annotate.audit_report) and the dataset card (annotate.cards) all show the same numbers.
-Module layers: audit_types <- audit_stats/features <- audit_agreement/bias/correct/rank/ruler <- audit <- audit_report
-<- audit_cli.
+and the app's Dashboard tab (annotate.audit_dashboard) and the dataset card (annotate.cards) all show the same numbers.
+Module layers: audit_types <- audit_stats/features <- audit_agreement/bias/correct/rank/ruler/reliability/judge <-
+audit <- audit_report <- audit_dashboard, audit_cli.
 
 Conventions:
 - a *pair* is prompt_id + the unordered pair of response ids, so a pair shown with sides swapped is the same
@@ -39,12 +41,15 @@ from annotate.audit_features import (
     _style_from_features,
     pair_features,
 )
+from annotate.audit_judge import judge_card
 from annotate.audit_rank import bt_ranking
+from annotate.audit_reliability import RELIABILITY_THRESHOLD, annotator_reliability
 from annotate.audit_ruler import pair_accuracy, style_model_from_differences
 from annotate.audit_stats import wilson
 from annotate.audit_types import (
     AnnotatorQuality,
     AuditResult,
+    BiasProfile,
     Definitions,
     Flags,
     LengthBias,
@@ -169,9 +174,11 @@ def run_audit(
     alpha_bias: float = 0.01,
     ruler_folds: int = 5,
     verifiers: Verifiers | None = None,
+    reliability_threshold: float = RELIABILITY_THRESHOLD,
 ) -> AuditResult:
     """The full audit (NaN where a figure is undefined; `AuditResult.to_dict()` is its JSON form). `verifiers`
-    (prompt_id -> spec, annotate.pool.pool_verifiers) adds preferred vs verified where votes touch those prompts."""
+    (prompt_id -> spec, annotate.pool.pool_verifiers) adds preferred vs verified where votes touch those prompts;
+    an annotator whose reliability CI lies wholly below `reliability_threshold` is called unreliable."""
     if length_unit not in ("chars", "words"):
         raise ValueError(f"length_unit must be 'chars' or 'words', got {length_unit!r}")
     if ruler_folds < 2:
@@ -198,7 +205,18 @@ def run_audit(
         flags=flags,
         ruler=vote_ruler(v, folds=ruler_folds, seed=seed),
         preferred_vs_verified=preferred_vs_verified(v, unit=length_unit),
+        reliability=annotator_reliability(v, threshold=reliability_threshold),
+        judges=judge_card(v, lambda g: bias_profile(g, unit=length_unit, min_n=min_n, folds=ruler_folds, seed=seed)),
     )
+
+
+def bias_profile(v: pd.DataFrame, unit: str = "chars", min_n: int = 20, folds: int = 5, seed: int = 0) -> BiasProfile:
+    """A group's habits by the audit's own measures, on its votes alone (the judge bias card's rows)."""
+    position, length = position_bias(v), length_bias(v, unit=unit, min_n=min_n)
+    return BiasProfile(
+        votes=int(len(v)), left=position.overall, flips=position.flips.overall, longer=length.p_longer.overall,
+        regression=length.regression.overall, mean_length=length.mean_length, ruler=vote_ruler(v, folds, seed),
+    )  # fmt: skip
 
 
 # -- the length ruler on the votes ------------------------------------------------------------------------------

@@ -5,6 +5,10 @@ of annotate.audit_types.AuditResult, read back with annotate.audit_report.read_j
 a numeric `gold_score` in meta) and verifiers (`meta.verifier`, for preferred vs verified) come from `--pool`, or
 from the pools kept in the store (annotate.pool.read_store_pools: imported pools, TRL imports' gold answers) when
 no --pool is given.
+
+The findings include annotator reliability under a Dawid-Skene model (annotate.audit_reliability; an annotator whose
+reliability CI lies wholly below --reliability-threshold is called unreliable) and, when AI judges voted (annotator
+"judge:<model>", written by the judge command), the judge bias card (annotate.audit_judge).
 """
 
 from __future__ import annotations
@@ -31,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--length-unit", choices=("chars", "words"), default="chars", help="unit of response length for length bias"
     )
+    parser.add_argument(
+        "--reliability-threshold",
+        type=float,
+        default=None,  # None: annotate.audit_reliability's default, read there (imported only when the audit runs)
+        help="call an annotator unreliable when their Dawid-Skene reliability's 95%% CI lies wholly below this "
+        "(default 0.6)",
+    )
 
 
 def _from_pool(pool: Path | None, store: str) -> tuple[dict, dict]:
@@ -43,6 +54,7 @@ def _from_pool(pool: Path | None, store: str) -> tuple[dict, dict]:
 
 def main(args: argparse.Namespace) -> int:
     from annotate.audit import run_audit
+    from annotate.audit_reliability import RELIABILITY_THRESHOLD
     from annotate.audit_report import findings, write_html, write_json
     from annotate.audit_types import StoreRef
     from annotate.errors import UsageError
@@ -51,6 +63,9 @@ def main(args: argparse.Namespace) -> int:
 
     if args.n_boot < 0:
         raise UsageError(f"--n-boot: must be >= 0, got {args.n_boot}")
+    threshold = RELIABILITY_THRESHOLD if args.reliability_threshold is None else args.reliability_threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--reliability-threshold: must be within [0, 1], got {threshold}")
     table, info = snapshot(str(args.store))  # a sealed version: the audit can be re-run on exactly these votes
     print(f"store {info['store']}@{info['version']}: {info['rows']} records", file=sys.stderr)
     if info["unsealed"]:
@@ -60,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
         raise SchemaError(f"{args.store}: the store holds no comparisons to audit")
     gold, verifiers = _from_pool(args.pool, str(args.store))
     audit = run_audit(table, gold, n_boot=args.n_boot, seed=args.seed, length_unit=args.length_unit,
-                      verifiers=verifiers)  # fmt: skip
+                      verifiers=verifiers, reliability_threshold=threshold)  # fmt: skip
     audit = dataclasses.replace(audit, store=StoreRef(store=info["store"], version=info["version"], rows=info["rows"]))
     for line in findings(audit):
         print(f"- {line}")

@@ -1,8 +1,9 @@
 """The audit as people read it: plain-language findings, matplotlib figures, a self-contained HTML page
-(figures embedded as base64 PNG), JSON with the same numbers, and the app's Dashboard.
+(figures embedded as base64 PNG) and JSON with the same numbers; annotate.audit_dashboard builds the app's Dashboard
+from them.
 
 Every function reads the typed result of annotate.audit.run_audit (annotate.audit_types.AuditResult); a saved
-audit.json goes through AuditResult.from_dict first. This module imports annotate.audit, never the reverse.
+audit.json goes through AuditResult.from_dict first. Nothing of annotate.audit's imports this module.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from annotate.audit import run_audit
-from annotate.audit_correct import Verifiers, verified_figure, verified_findings, verified_html
+from annotate.audit_correct import verified_figure, verified_findings, verified_html
+from annotate.audit_judge import judge_figure, judge_findings, judge_html
+from annotate.audit_reliability import reliability_figure, reliability_findings, reliability_html
 from annotate.audit_types import (
-    AnnotatorRow,
     AuditResult,
-    DashboardSummary,
     Interval,
     MajorityAgreement,
     Proportion,
@@ -29,7 +29,6 @@ from annotate.audit_types import (
     RuleScore,
     VoteRuler,
 )
-from annotate.pool import GoldMap
 
 
 def _pct(x: float) -> str:
@@ -89,7 +88,9 @@ def findings(audit: AuditResult) -> list[str]:
         )
     if not rc:
         out.append("No annotator was flagged as a random clicker.")
+    out += reliability_findings(audit.reliability)
     out += _habit_findings(audit)
+    out += judge_findings(audit.judges)
     out += _ranking_findings(audit.ranking)
     return out
 
@@ -295,6 +296,8 @@ def empty_figures(audit: AuditResult) -> dict[str, str]:
         "annotators": not any(a.majority.n or a.gold.n for a in ann)
         and "no pair judged by two annotators and no gold pair",
         "ranking": not audit.ranking.plain and "fewer than two candidate sources",
+        "reliability": (audit.reliability is None and "not in this audit (an audit JSON of schema version 1 or 2)")
+        or (audit.reliability is not None and not audit.reliability.votes and "no decisive vote to fit"),
     }
     return {name: why for name, why in reasons.items() if why}
 
@@ -307,9 +310,10 @@ def _placeholder(title: str, why: str):
 
 
 def make_figures(audit: AuditResult) -> dict[str, Any]:
-    """name -> matplotlib Figure, always the keys position, length, annotators, ranking (a figure with nothing
-    to show says why), and "verified" only when the audit has preferred vs verified. Built without pyplot, so
-    nothing is kept alive by a global registry (the Dashboard redraws these on every refresh)."""
+    """name -> matplotlib Figure, always the keys position, length, annotators, ranking, reliability (a figure
+    with nothing to show says why), "verified" only when the audit has preferred vs verified and "judges" only with
+    AI judges. Built without pyplot, so nothing is kept alive by a global registry (the Dashboard redraws these on
+    every refresh)."""
     pos, length = audit.position, audit.length
     builders = {
         "position": lambda: _rate_figure(audit, pos.per_annotator, pos.overall, "Position bias: share of left wins",
@@ -318,9 +322,12 @@ def make_figures(audit: AuditResult) -> dict[str, Any]:
                                        "Length bias: share of longer wins", f"longer ({length.unit}) chosen (95% CI)"),
         "annotators": lambda: _annotator_figure(audit),
         "ranking": lambda: _ranking_figure(audit.ranking),
+        "reliability": lambda: reliability_figure(audit.reliability),
     }  # fmt: skip
     if audit.preferred_vs_verified is not None:
         builders["verified"] = lambda: verified_figure(audit.preferred_vs_verified)
+    if audit.judges is not None:
+        builders["judges"] = lambda: judge_figure(audit.judges)
     empty = empty_figures(audit)
     return {name: _placeholder(name, empty[name]) if name in empty else build() for name, build in builders.items()}
 
@@ -409,7 +416,8 @@ def render_html(audit: AuditResult, title: str = "Preference data audit") -> str
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>
 <h2>Findings</h2><ul>{items}</ul><h2>Figures</h2>{imgs}
-<h2>Annotators</h2>{ann}<h2>Pairwise agreement</h2>{kappa}
+<h2>Annotators</h2>{ann}{reliability_html(audit.reliability)}{judge_html(audit.judges)}
+<h2>Pairwise agreement</h2>{kappa}
 <h2>Length ruler on the votes</h2>{_ruler_html(audit.ruler)}
 {verified_html(audit.preferred_vs_verified)}
 <h2>Bradley-Terry ranking</h2><h3>Plain</h3>{plain}
@@ -437,29 +445,3 @@ def write_html(audit: AuditResult, path: str | Path) -> Path:
 def read_json(path: str | Path) -> AuditResult:
     """An audit.json written by write_json (or `python -m annotate audit --json`), typed again."""
     return AuditResult.from_dict(json.loads(Path(path).read_text()))
-
-
-# -- the app's Dashboard -------------------------------------------------------------------------------------------
-def dashboard_summary(
-    table: Any, gold: GoldMap | None = None, n_boot: int = 200, verifiers: Verifiers | None = None
-) -> DashboardSummary:
-    """What the app's Dashboard tab shows: findings, one row per annotator, and the audit they come from (for
-    `dashboard_figures`). `table`, `gold` and `verifiers` are what run_audit takes. Fewer bootstrap draws than the
-    CLI so that it refreshes quickly."""
-    audit = run_audit(table, gold, n_boot=n_boot, verifiers=verifiers)
-    nan = math.nan
-    rows = []
-    for name, ann in audit.annotators.items():
-        pos, lng = audit.position.per_annotator.get(name), audit.length.p_longer.per_annotator.get(name)
-        rows.append(AnnotatorRow(
-            annotator=name, votes=ann.votes, gold_accuracy=ann.gold.rate, majority_agreement=ann.majority.rate,
-            median_decision_s=ann.decision_ms.median / 1000, left_share=pos.rate if pos else nan,
-            longer_share=lng.rate if lng else nan, flags=", ".join(ann.flags),
-        ))  # fmt: skip
-    return DashboardSummary(audit=audit, findings=tuple(findings(audit)), annotators=tuple(rows))
-
-
-def dashboard_figures(summary_or_audit: DashboardSummary | AuditResult) -> dict[str, Any]:
-    """Matplotlib figures (name -> Figure) for `gr.Plot`s, from `dashboard_summary(...)` or `run_audit(...)`."""
-    audit = summary_or_audit.audit if isinstance(summary_or_audit, DashboardSummary) else summary_or_audit
-    return make_figures(audit)

@@ -16,6 +16,11 @@ are version 1 without the key). Schema versions:
   Optional within version 2: "preferred_vs_verified" (PreferredVsVerified), present only when some decisive vote
   was between a response that passes its prompt's verifier and one that fails it; absent otherwise, so no reader
   may rely on it and it needed no new version.
+- 3: adds "reliability" (Reliability: the Dawid-Skene latent-truth model's per-annotator reliability with CIs and
+  what it makes of the pairs, annotate.audit_reliability). Every version-3 file written by run_audit has it;
+  version-1 and -2 files still read (reliability None).
+  Optional within version 3: "judges" (JudgeCard, annotate.audit_judge), present only when some annotator is an AI
+  judge (id "judge:<model>"); absent otherwise.
 
 Raise SCHEMA_VERSION when a key is renamed, removed or changes meaning, or when a section is added that readers
 of the new version may rely on (as "ruler"); an optional key with a default does not need it. from_dict reads
@@ -25,57 +30,14 @@ Conventions for the figures (pairs, labels, honeypots, placements) are in annota
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from annotate.jsonutil import to_jsonable  # the project's one JSON cleaner
+from annotate.jsonutil import Record, from_jsonable, to_jsonable  # the project's one JSON cleaner and its inverse
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Interval = tuple[float, float]  # a 95% interval (lo, hi); (nan, nan) when undefined
-T = TypeVar("T", bound="Record")
-
-
-def _decode(tp: Any, data: Any) -> Any:
-    """JSON value -> the annotated type (the inverse of to_jsonable for the types used here)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is float:
-        return math.nan if data is None else float(data)
-    if tp in (int, str, bool, Any):
-        return data
-    if origin in (types.UnionType, typing.Union):  # only `X | None` is used
-        (inner,) = [a for a in args if a is not type(None)]
-        return None if data is None else _decode(inner, data)
-    if origin is dict:
-        return {str(k): _decode(args[1], v) for k, v in data.items()}
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_decode(args[0], x) for x in data)
-        return tuple(_decode(a, x) for a, x in zip(args, data, strict=True))
-    if origin is list:
-        return [_decode(args[0], x) for x in data]
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        hints = typing.get_type_hints(tp)
-        known = {f.name for f in dataclasses.fields(tp)}
-        return tp(**{k: _decode(hints[k], v) for k, v in data.items() if k in known})  # unknown keys: newer minor
-    raise TypeError(f"no JSON decoding for {tp!r}")
-
-
-class Record:
-    """JSON conversion shared by every result type."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (NaN -> None)."""
-        return to_jsonable(self)
-
-    @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        """Inverse of to_dict (None -> NaN for float fields)."""
-        return _decode(cls, data)
 
 
 _frozen = dataclass(frozen=True, kw_only=True)
@@ -342,6 +304,88 @@ class VoteRuler(Record):
 
 
 @_frozen
+class AnnotatorReliability(Record):
+    """One annotator under the Dawid-Skene fit (annotate.reliability): P(a vote of theirs matches the latent
+    truth) with its Wilson 95% CI, and their accuracy when the better response was shown on the left / right (NaN
+    without placed votes; a gap between the two is a position habit)."""
+
+    votes: int
+    reliability: float
+    ci: Interval
+    expected_correct: float
+    acc_better_left: float
+    acc_better_right: float
+
+
+@_frozen
+class PairPosterior(Record):
+    """One pair: its decisive votes for each response and the fit's P(lo is the better response)."""
+
+    prompt_id: str
+    lo_id: str
+    hi_id: str
+    votes_lo: int
+    votes_hi: int
+    p_lo: float
+
+
+@_frozen
+class Reliability(Record):
+    """Annotator reliability from a latent-truth model over the decisive, non-honeypot votes
+    (annotate.audit_reliability). `unreliable`: annotators whose CI lies wholly below `threshold`. Per pair,
+    `confidence` counts pairs by the posterior of the likelier response ("0.9+", "0.7-0.9", "0.5-0.7");
+    `overturned` counts pairs whose likelier response is not the plain majority's (majority ties left out),
+    `examples` the most confident of them."""
+
+    method: str  # "dawid-skene"
+    votes: int
+    pairs: int
+    annotators: dict[str, AnnotatorReliability]
+    threshold: float
+    unreliable: tuple[str, ...]
+    confidence: dict[str, int]
+    overturned: int
+    examples: tuple[PairPosterior, ...]
+    iterations: int
+    converged: bool
+
+
+@_frozen
+class BiasProfile(Record):
+    """A group's habits, each by the audit's own measure on that group's votes alone (annotate.audit_judge): the
+    share of left wins and the flip rate on swapped repeats (audit_bias.position_bias), the share of longer wins,
+    the choice regressed on position, length, hedging and confidence, and mean lengths (audit_bias.length_bias),
+    and what length and style alone predict of the votes (audit.vote_ruler)."""
+
+    votes: int
+    left: Proportion
+    flips: Proportion
+    longer: Proportion
+    regression: LogitFit | None  # None below the audit's minimum number of votes
+    mean_length: MeanLength
+    ruler: VoteRuler
+
+
+@_frozen
+class JudgeBias(BiasProfile):
+    """An AI judge's profile, plus how often its verdicts match the humans' majority on the same pairs."""
+
+    agreement: Proportion
+    flags: tuple[str, ...] = ()
+
+
+@_frozen
+class JudgeCard(Record):
+    """The judge bias card: every annotator whose id starts with "judge:" next to the humans (all other annotators
+    together), and the rule behind its flags."""
+
+    judges: dict[str, JudgeBias]
+    humans: BiasProfile
+    flip_limit: float
+    rule: str
+
+
+@_frozen
 class StoreRef(Record):
     """The sealed store version an audit read, so that it can be re-run on exactly those votes."""
 
@@ -367,10 +411,13 @@ class AuditResult(Record):
     ruler: VoteRuler | None = None  # None only when read from a version-1 file
     store: StoreRef | None = None
     preferred_vs_verified: PreferredVsVerified | None = None  # None without votes on checkable prompts
+    reliability: Reliability | None = None  # None only when read from a version-1 or -2 file
+    judges: JudgeCard | None = None  # None without AI judges among the annotators
 
     def to_dict(self) -> dict[str, Any]:
         out = {"schema_version": SCHEMA_VERSION, **to_jsonable(self)}
-        for key in ("store", "preferred_vs_verified"):  # absent rather than null: no store version, nothing checkable
+        # Absent rather than null: no store version, nothing checkable, no judge.
+        for key in ("store", "preferred_vs_verified", "judges"):
             if out[key] is None:
                 del out[key]
         return out
@@ -383,30 +430,7 @@ class AuditResult(Record):
                 f"audit JSON schema_version {version} is not supported (this code reads 1 to {SCHEMA_VERSION})"
             )
         try:
-            # Sections a version lacks keep their dataclass defaults (version 1: no "ruler").
-            return _decode(cls, {k: v for k, v in data.items() if k != "schema_version"})
+            # Sections a version lacks keep their dataclass defaults (version 1: no "ruler"; 1-2: no "reliability").
+            return from_jsonable(cls, {k: v for k, v in data.items() if k != "schema_version"})
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"not an audit JSON of schema version {version}: {e}") from e
-
-
-@_frozen
-class AnnotatorRow(Record):
-    """One line of the Dashboard's annotator table."""
-
-    annotator: str
-    votes: int
-    gold_accuracy: float
-    majority_agreement: float
-    median_decision_s: float
-    left_share: float
-    longer_share: float
-    flags: str
-
-
-@_frozen
-class DashboardSummary(Record):
-    """What the app's Dashboard shows: findings, one row per annotator, and the audit they come from."""
-
-    audit: AuditResult
-    findings: tuple[str, ...]
-    annotators: tuple[AnnotatorRow, ...]

@@ -56,6 +56,8 @@ def _audit_section(audit: AuditResult | None, why_missing: str) -> str:
         "share of decisive votes for the longer response": audit.length.p_longer.overall.rate,
         "annotators flagged as random clickers": len(audit.flags.random_clickers),
     }
+    if audit.reliability is not None:  # None when read from an audit.json of schema version 1 or 2
+        rows["annotators flagged unreliable (Dawid-Skene)"] = len(audit.reliability.unreliable)
     r = audit.ruler  # None when read from an audit.json of schema version 1
     if r is not None and r.votes:
         rows |= {
@@ -66,7 +68,10 @@ def _audit_section(audit: AuditResult | None, why_missing: str) -> str:
     note = ("50% means no position or length preference; alpha 1 is full agreement, 0 is chance. A reward model "
             "trained on these votes must beat the best \"votes predicted by\" figure to show more than length "
             "and style.")  # fmt: skip
-    return table(rows, ("figure (annotate.audit)", "value")) + f"\n\n{note}" + _verified_section(audit)
+    return (
+        table(rows, ("figure (annotate.audit)", "value")) + f"\n\n{note}" + _reliability_section(audit)
+        + _judge_section(audit) + _verified_section(audit)
+    )  # fmt: skip
 
 
 def _md_table(rows: list[dict[str, str]]) -> str:
@@ -76,6 +81,42 @@ def _md_table(rows: list[dict[str, str]]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
     return "\n".join([line(rows[0]), "|" + "---|" * len(rows[0])] + [line(r.values()) for r in rows])
+
+
+def _reliability_section(audit: AuditResult) -> str:
+    """Annotator reliability under the Dawid-Skene model (annotate.audit_reliability), when the audit has it."""
+    r = audit.reliability
+    if r is None or not r.votes:
+        return ""
+    from annotate.audit_reliability import reliability_findings, reliability_rows
+
+    bins = ", ".join(f"{k}: {n}" for k, n in r.confidence.items())
+    return (
+        "\n\n### Annotator reliability (Dawid-Skene)\n\n"
+        + " ".join(reliability_findings(r))
+        + "\n\n"
+        + _md_table(reliability_rows(r))
+        + f"\n\nReliability: the share of an annotator's decisive votes (honeypots left out) that match the better "
+        f"response as a Dawid-Skene latent-truth model infers it from all votes (Wilson 95% CI); 'unreliable': CI "
+        f"wholly below {r.threshold:.0%}. Pairs by the model's probability of the likelier response: {bins}. The "
+        "`preferences` export carries the per-pair probability when aggregated with it."
+    )
+
+
+def _judge_section(audit: AuditResult) -> str:
+    """The judge bias card (annotate.audit_judge), only when AI judges voted."""
+    card = audit.judges
+    if card is None:
+        return ""
+    from annotate.audit_judge import JUDGE_NOTE, card_rows, judge_findings
+
+    return (
+        "\n\n### Judge bias card\n\n"
+        + " ".join(judge_findings(card))
+        + "\n\n"
+        + _md_table(card_rows(card))
+        + f"\n\n{JUDGE_NOTE} {card.rule}"
+    )
 
 
 def _verified_section(audit: AuditResult) -> str:

@@ -139,10 +139,16 @@ def _run_audit(table: pa.Table, store: str) -> tuple[AuditResult | None, str]:
 
 def _pseudonymised(votes: pa.Table, names: list[str]) -> pa.Table:
     """Login ids (names or e-mails) replaced by stable pseudonyms: annotator-01, ... in the sorted order of `names`
-    (the standing votes' annotators); anyone else (only retracted votes: never in a published figure) is hidden."""
+    (the standing votes' annotators); anyone else (only retracted votes: never in a published figure) is hidden.
+    AI judges ("judge:<model>") become judge:model-01, ...: still judges to the card's audit (its judge bias card),
+    but not named, since <model> may be a local path with a user's name in it."""
     import pyarrow as pa
 
-    alias = {n: f"annotator-{i + 1:02d}" for i, n in enumerate(names)}
+    from annotate.judge_votes import is_judge
+
+    humans, judges = [n for n in names if not is_judge(n)], [n for n in names if is_judge(n)]
+    alias = {n: f"annotator-{i + 1:02d}" for i, n in enumerate(humans)}
+    alias |= {n: f"judge:model-{i + 1:02d}" for i, n in enumerate(judges)}
     col = pa.array([alias.get(a, "annotator-retracted") for a in votes.column("annotator").to_pylist()], pa.string())
     return votes.set_column(votes.schema.get_field_index("annotator"), "annotator", col)
 

@@ -354,11 +354,15 @@ def _saved_message(rec: dict, pair: Pair, changed: bool) -> str:
 
 def dashboard_view(store: ComparisonStore, gold: dict | None = None, verifiers: dict | None = None) -> dict:
     """The admin Dashboard, live: the audit's plain-language findings, one row per annotator, and its figures
-    (the same numbers as `python -m annotate audit`, with fewer bootstrap draws so a refresh stays quick), and
-    preferred vs verified on the pool's checkable prompts ("verified": a table, "" when there is none). Source
-    and annotator names inside are untrusted: findings go through the Markdown path, table cells are escaped."""
+    (the same numbers as `python -m annotate audit`, with fewer bootstrap draws so a refresh stays quick),
+    annotator reliability ("reliability": a table), preferred vs verified on the pool's checkable prompts
+    ("verified": a table, "" when there is none) and the judge bias card ("judges": a table, "" without AI judges).
+    Source and annotator names inside are untrusted: findings go through the Markdown path, table cells are
+    escaped."""
     from annotate.audit_correct import annotator_rows
-    from annotate.audit_report import dashboard_figures, dashboard_summary
+    from annotate.audit_dashboard import dashboard_figures, dashboard_summary
+    from annotate.audit_judge import card_rows
+    from annotate.audit_reliability import reliability_rows
 
     summary = dashboard_summary(store.read(), gold, n_boot=200, verifiers=verifiers)
     findings = '<div class="findings">' + render_markdown("\n".join(f"- {x}" for x in summary.findings)) + "</div>"
@@ -368,8 +372,13 @@ def dashboard_view(store: ComparisonStore, gold: dict | None = None, verifiers: 
     if checked is not None:  # a fixed heading of ours, then cells through render_inline
         verified = "<h3>Preferred vs verified: how often the wrong answer won</h3>"
         verified += html_table(annotator_rows(checked))
+    rel, card = summary.audit.reliability, summary.audit.judges
+    reliability = "<h3>Annotator reliability (Dawid-Skene): share of votes matching the inferred better response</h3>"
+    reliability += html_table(reliability_rows(rel)) if rel is not None else ""
+    judges = "<h3>Judge bias card: AI judges next to the humans</h3>" + html_table(card_rows(card)) if card else ""
     figures = dashboard_figures(summary)
-    return {"findings": findings, "annotators": html_table(rows), "figures": figures, "verified": verified}
+    return {"findings": findings, "annotators": html_table(rows), "figures": figures, "verified": verified,
+            "reliability": reliability, "judges": judges}  # fmt: skip
 
 
 def html_table(rows: list[dict]) -> str:

@@ -211,6 +211,11 @@ def _admin_tabs(sc: Screen) -> None:
             sc.plots = {k: gr.Plot(label=k.capitalize()) for k in ("position", "length")}
         with gr.Row():
             sc.plots.update({k: gr.Plot(label=k.capitalize()) for k in ("annotators", "ranking")})
+        sc.reliability = gr.HTML(elem_id="reliability")
+        sc.plots["reliability"] = gr.Plot(label="Reliability")
+        # The judge bias card: shown only when some annotator is an AI judge ("judge:<model>").
+        sc.judges = gr.HTML(elem_id="judge-card", visible=False)
+        sc.judges_plot = gr.Plot(label="Judge bias card", visible=False)
         # Preferred vs verified: shown only when the pool has checkable prompts with votes on them.
         sc.verified = gr.HTML(elem_id="preferred-vs-verified", visible=False)
         sc.verified_plot = gr.Plot(label="Preferred vs verified", visible=False)
@@ -327,6 +332,10 @@ class Handlers:
         checked = view["figures"].get("verified")
         upd[self.sc.verified] = gr.update(value=view["verified"], visible=bool(view["verified"]))
         upd[self.sc.verified_plot] = gr.update(value=checked, visible=checked is not None)
+        upd[self.sc.reliability] = view["reliability"]
+        judged = view["figures"].get("judges")
+        upd[self.sc.judges] = gr.update(value=view["judges"], visible=bool(view["judges"]))
+        upd[self.sc.judges_plot] = gr.update(value=judged, visible=judged is not None)
         return upd
 
 
@@ -350,7 +359,8 @@ def _wire(app: gr.Blocks, sc: Screen, h: Handlers, demo: bool) -> None:
     sc.undo.click(h.on_undo, [sc.name, sc.state], out, api_name="undo")
     sc.reopen.click(h.on_reopen, [sc.history_pick, sc.name, sc.state], out, api_name="reopen", js=PICK_JS)
     sc.export_btn.click(h.on_export, None, [sc.export_link], api_visibility="private")
-    dash_out = [sc.findings, sc.by_annotator, *sc.plots.values(), sc.verified, sc.verified_plot]
+    dash_out = [sc.findings, sc.by_annotator, *sc.plots.values(), sc.verified, sc.verified_plot, sc.reliability,
+                sc.judges, sc.judges_plot]  # fmt: skip
     sc.refresh.click(h.on_dashboard, None, dash_out, api_visibility="private")
     sc.dash_tab.select(h.on_dashboard, None, dash_out, api_visibility="private")
 

@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 
 from annotate.audit import gold_from_pool, run_audit
-from annotate.audit_report import dashboard_figures, dashboard_summary, read_json, render_html, write_json
+from annotate.audit_dashboard import dashboard_figures, dashboard_summary
+from annotate.audit_report import read_json, render_html, write_json
 from annotate.audit_stats import fit_logistic, krippendorff_alpha, newton_logistic
 from annotate.audit_types import SCHEMA_VERSION, AuditResult
 from annotate.pool import read_pool, write_pool
@@ -277,7 +278,7 @@ def test_dashboard_seam(tmp_path):
     assert summary.audit.summary.votes == 10 and {r.annotator for r in summary.annotators} == {"ann1", "ann2"}
     assert summary.findings and all(isinstance(s, str) for s in summary.findings)
     figs = dashboard_figures(summary)
-    assert set(figs) == {"position", "length", "annotators", "ranking"}
+    assert set(figs) == {"position", "length", "annotators", "ranking", "reliability"}
     assert all(f.axes for f in figs.values())
     png = tmp_path / "position.png"
     figs["position"].savefig(png)
@@ -339,7 +340,7 @@ def test_empty_and_tiny_stores_give_a_report(tmp_path):
         json.dumps(summary.to_dict(), allow_nan=False)
         assert summary.audit.summary.votes == len(records), name
         assert "<h1>" in render_html(summary.audit)
-        assert set(dashboard_figures(summary)) == {"position", "length", "annotators", "ranking"}
+        assert set(dashboard_figures(summary)) == {"position", "length", "annotators", "ranking", "reliability"}
         # every shape of result survives the JSON round trip; an undefined figure is null in JSON, NaN again after
         data = summary.audit.to_dict()
         back = AuditResult.from_dict(json.loads(json.dumps(data, allow_nan=False)))
@@ -426,10 +427,11 @@ def test_length_ruler_on_votes_where_annotators_prefer_the_longer(tmp_path):
 
 def test_version_1_audit_json_still_reads(audit):
     """A file written before the vote ruler (schema 1, with or without the version key) reads, with no ruler, and
-    its report renders; run_audit's own output is version 2 and always carries the ruler."""
+    its report renders; run_audit's own output always carries the ruler (version 2 on; reliability from 3:
+    tests/test_audit_reliability.py)."""
     data = audit.to_dict()
-    assert data["schema_version"] == 2 and data["ruler"]["votes"] > 0
-    v1 = {k: v for k, v in data.items() if k != "ruler"}
+    assert data["schema_version"] == SCHEMA_VERSION >= 2 and data["ruler"]["votes"] > 0
+    v1 = {k: v for k, v in data.items() if k not in ("ruler", "reliability")}
     v1["settings"] = {k: v for k, v in data["settings"].items() if k != "ruler_folds"}
     for old in ({**v1, "schema_version": 1}, {k: v for k, v in v1.items() if k != "schema_version"}):
         back = AuditResult.from_dict(json.loads(json.dumps(old)))

@@ -19,6 +19,13 @@ the pair is dropped (counted). agreement = share of votes for the winner; margin
 winner - weighted votes against) / n_votes, so one "much" vote gives margin 3 and a 2-1 split of "clear" votes
 gives 2/3. TRL's RewardTrainer subtracts `margin` inside its loss (-log sigmoid(r_c - r_r - margin)).
 
+Soft labels (`--aggregate`, annotate/reliability.py): each pair also gets p_chosen, P(chosen is the better response)
+>= 0.5, and weight = 2 p_chosen - 1 (what rlhf's `--label-trust` trains on; TRL ignores both). `majority` (default)
+leaves every other column as above, p_chosen = the chosen side's share of the strength. `weighted` and `dawid-skene`
+pick chosen by their own p_chosen and may reverse a majority: agreement and margin stay the votes' figures toward the
+exported chosen response (below 0.5 / negative on a reversed pair, which `--min-agreement` above 0.5 then drops);
+`against_majority` counts such pairs. A pair with p_chosen exactly 0.5 is dropped, counted as without a majority.
+
 Everything is vectorised (Arrow + NumPy): 1M comparisons export in seconds. The train/test split is by prompt,
 so no prompt is in both, and it is annotate.split's: the prompts held out here are the ones reward, DPO and PPO
 hold out of the same data with the same --seed and fraction (about, not exactly, that fraction of the prompts).
@@ -83,8 +90,9 @@ def usable_votes(table: pa.Table) -> pa.Table:
     return table.filter(keep)
 
 
-def aggregate(votes: pa.Table) -> tuple[pa.Table, dict[str, int]]:
-    """One row per pair with a majority: columns of the export (see module doc) plus counts of what was dropped."""
+def aggregate(votes: pa.Table, method: str = "majority") -> tuple[pa.Table, dict[str, int]]:
+    """One row per pair with a preference under `method` (annotate.reliability.METHODS): columns of the export (see
+    module doc) plus counts of what was dropped."""
     a_id = votes.column("response_a_id").combine_chunks()
     b_id = votes.column("response_b_id").combine_chunks()
     a_is_lo = pc.less(a_id, b_id).to_numpy(zero_copy_only=False)
@@ -96,12 +104,14 @@ def aggregate(votes: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     # Arrow's hash aggregation (multithreaded C++) groups the votes by pair; sorted by each pair's first vote, so
     # pairs come out in the order they first appear, whatever the threads did.
     order = np.arange(votes.num_rows, dtype=np.int64)
-    per_vote = pa.table({"p": votes.column("prompt_id"), "lo": lo, "hi": hi, "w": sign * weight,
+    per_vote = pa.table({"p": votes.column("prompt_id"), "lo": lo, "hi": hi, "w": sign * weight, "s": weight,
                          "pos": (sign > 0).astype(np.float64), "i": order,
                          **criteria.per_vote_columns(votes, a_is_lo)})  # fmt: skip
     groups = (
         per_vote.group_by(["p", "lo", "hi"])
-        .aggregate([("w", "sum"), ("w", "count"), ("pos", "sum"), ("i", "min"), *criteria.aggregations()])
+        .aggregate(
+            [("w", "sum"), ("w", "count"), ("s", "sum"), ("pos", "sum"), ("i", "min"), *criteria.aggregations()]
+        )
         .sort_by("i_min")
     )
     n_groups = groups.num_rows
@@ -110,9 +120,17 @@ def aggregate(votes: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     n_lo = groups.column("pos_sum").to_numpy()
     first = groups.column("i_min").to_numpy()  # a representative vote per pair: texts and prompt
 
-    has_majority = score != 0
-    lo_wins = score > 0
+    # P(lo is the better response): the majority's is lo's share of the strength (0.5 exactly iff score == 0).
+    p_lo = 0.5 * (1.0 + score / np.maximum(groups.column("s_sum").to_numpy(), 1e-12))
+    if method != "majority":
+        from annotate.reliability import pair_p_lo
+
+        keys = tuple(groups.column(c).to_numpy(zero_copy_only=False) for c in ("p", "lo", "hi"))
+        p_lo = pair_p_lo(votes, method, keys)
+    has_majority = p_lo != 0.5  # weight 0: no preference, dropped like a tied majority
+    lo_wins = p_lo > 0.5
     agreement = np.where(lo_wins, n_lo, n_votes - n_lo) / np.maximum(n_votes, 1)
+    p_chosen = np.where(lo_wins, p_lo, 1.0 - p_lo)[has_majority]
     rows = pa.array(first[has_majority])
     used = ["prompt", "prompt_id", "response_a", "response_b", "response_a_id", "response_b_id"]
     rep = votes.select([*used, "source_a", "source_b"]).take(rows)  # take copies: only the columns written
@@ -125,7 +143,8 @@ def aggregate(votes: pa.Table) -> tuple[pa.Table, dict[str, int]]:
             "prompt": rep.column("prompt"),
             "chosen": _one_message(pick("response_a", "response_b").combine_chunks()),
             "rejected": _one_message(pick("response_b", "response_a").combine_chunks()),
-            "margin": pa.array(np.abs(score[has_majority]) / n_votes[has_majority]),
+            # toward the chosen response: |score| / n_votes under the majority, negative where a model reversed it
+            "margin": pa.array(np.where(lo_wins, score, -score)[has_majority] / n_votes[has_majority]),
             "prompt_id": rep.column("prompt_id"),
             "n_votes": pa.array(n_votes[has_majority].astype(np.int64)),
             "agreement": pa.array(agreement[has_majority]),
@@ -134,9 +153,12 @@ def aggregate(votes: pa.Table) -> tuple[pa.Table, dict[str, int]]:
             "chosen_source": pick("source_a", "source_b"),
             "rejected_source": pick("source_b", "source_a"),
             **criteria.pair_columns(groups.filter(pa.array(has_majority)), lo_wins[has_majority]),
+            "p_chosen": pa.array(p_chosen),
+            "weight": pa.array(2.0 * p_chosen - 1.0),
         }
     )
-    return out, {"pairs": n_groups, "no_majority": int((~has_majority).sum())}
+    against = (np.where(lo_wins, score, -score) <= 0)[has_majority]  # the majority rejected it or was tied
+    return out, {"pairs": n_groups, "no_majority": int((~has_majority).sum()), "against_majority": int(against.sum())}
 
 
 def raw_rows(votes: pa.Table) -> pa.Table:
@@ -234,8 +256,16 @@ def write_table(table: pa.Table, path: Path) -> Path:
     return write_tables([(table, path)])[0]
 
 
-def check_options(*, test_fraction: float, min_agreement: float, seed: int) -> None:
+def check_options(
+    *, test_fraction: float, min_agreement: float, seed: int, method: str = "majority", raw: bool = False
+) -> None:
     """Refuse option values that cannot mean anything (NaN included), naming the command-line flag."""
+    from annotate.reliability import METHODS
+
+    if method not in METHODS:
+        raise UsageError(f"--aggregate: must be one of {', '.join(METHODS)}, got {method!r}")
+    if raw and method != "majority":
+        raise UsageError("--aggregate: --raw writes every vote un-aggregated; leave --aggregate out")
     if not 0.0 <= test_fraction < 1.0:
         raise UsageError(f"--test-fraction: must be in [0, 1), got {test_fraction}")
     if not 0.0 <= min_agreement <= 1.0:  # also false for NaN
@@ -273,15 +303,17 @@ def export(
     live: bool = False,
     pool: str | Path | None = None,
     verifiers: bool = True,
+    method: str = "majority",
 ) -> dict:
     """Export a store (path, DIR@VERSION or URL); returns counts, the store version read (`store_version`,
     None when the store has no versions) and the files written. `live`: also votes not yet sealed into a version.
     `pool`: the pool whose verifiers set criterion_correct (default: the store's own pools); `verifiers=False`: none.
+    `method`: how votes become one label per pair (--aggregate; see the module doc).
     """
     from annotate.store import snapshot
 
     out = Path(out)
-    check_options(test_fraction=test_fraction, min_agreement=min_agreement, seed=seed)
+    check_options(test_fraction=test_fraction, min_agreement=min_agreement, seed=seed, method=method, raw=raw)
     files = [out.with_name(f"{out.stem}-{part}{out.suffix}") for part in ("train", "test")] if test_fraction else [out]
     check_outputs(files)
     checks = criteria.load_verifiers(str(store), pool) if verifiers else {}  # a bad pool fails before any reading
@@ -298,7 +330,8 @@ def export(
     if raw:
         rows = raw_rows(votes)
     else:
-        rows, counts = aggregate(votes)
+        rows, counts = aggregate(votes, method)
+        stats["aggregate"] = method
         stats.update(counts)
         low = pc.less(rows.column("agreement"), min_agreement)
         stats["below_min_agreement"] = int(pc.sum(low).as_py() or 0)
@@ -333,6 +366,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--min-agreement", type=float, default=0.0, help="drop pairs whose agreement is lower (0-1)")
     parser.add_argument("--raw", action="store_true", help="every vote un-aggregated, with annotator ids")
+    parser.add_argument(
+        "--aggregate", default="majority", choices=["majority", "weighted", "dawid-skene"],
+        help="one label per pair from: the strength-weighted majority (default); votes weighted by annotator "
+        "reliability; or the Dawid-Skene latent-truth posterior (annotate/reliability.py). Every method writes "
+        "p_chosen (soft label) and weight",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/test split (0 or more)")
     parser.add_argument(
         "--live", action="store_true", help="also votes not yet sealed into a store version (not reproducible)"
@@ -359,8 +398,11 @@ def main(args: argparse.Namespace) -> int:
         live=args.live,
         pool=args.pool,
         verifiers=args.verifiers,
+        method=args.aggregate,
     )
     dropped = "" if args.raw else f", {s['no_majority']} pairs without a majority dropped"
+    if s.get("against_majority"):
+        dropped += f", {s['against_majority']} labelled against the majority vote ({args.aggregate})"
     low = f", {s['below_min_agreement']} below --min-agreement" if s.get("below_min_agreement") else ""
     line = f"store {store_label(s)}: {s['records']} records, {s['votes']} usable votes -> {s['rows']} rows"
     print(f"{line}{dropped}{low}", file=sys.stderr)

@@ -240,6 +240,34 @@ def _annotator_table(names: np.ndarray, n: np.ndarray, counts: np.ndarray, acc: 
     )
 
 
+def _p_lo(v: pd.DataFrame, method: str) -> np.ndarray:
+    """P(lo is the better response) per pair of decisive votes `v` under `method` (see aggregate)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    pair = v["pair"].to_numpy()
+    n_pairs = int(pair.max()) + 1 if len(v) else 0
+    sign = np.where(v["picked_lo"].to_numpy(), 1.0, -1.0)  # +1: the vote prefers lo
+    if method == "majority":
+        w = v["strength"].to_numpy()
+        return 0.5 * (1.0 + np.bincount(pair, sign * w, n_pairs) / np.maximum(np.bincount(pair, w, n_pairs), _EPS))
+    if method == "weighted":
+        r = np.clip(_fit(v).annotators["reliability"], _EPS, 1 - _EPS)
+        log_odds = np.log(r / (1 - r)).reindex(v["annotator"]).to_numpy()
+        return 0.5 * (1.0 + np.tanh(0.5 * np.bincount(pair, sign * log_odds, n_pairs)))
+    return _fit(v).pairs["p_lo"].to_numpy()
+
+
+def pair_p_lo(votes: pa.Table | pd.DataFrame, method: str, keys: tuple[np.ndarray, ...]) -> np.ndarray:
+    """P(lo is better) under `method` for the pairs `keys` = (prompt_id, lo id, hi id) arrays listing every pair of
+    `votes` in order of first vote, as annotate.export groups them. Checked, since a misalignment would swap labels."""
+    v = decisive_votes(votes)
+    first = v.drop_duplicates("pair").sort_values("pair")
+    mine = (first["prompt_id"].to_numpy(object), first["lo"].to_numpy(object), first["hi"].to_numpy(object))
+    if len(first) != len(keys[0]) or not all((a == np.asarray(b, object)).all() for a, b in zip(mine, keys)):
+        raise RuntimeError(f"{method}: the pairs do not line up with the caller's (a bug; please report)")
+    return _p_lo(v, method)
+
+
 def aggregate(votes: pa.Table | pd.DataFrame, method: str = "dawid-skene") -> pd.DataFrame:
     """One row per pair: prompt_id, chosen_id, rejected_id, p_chosen, weight, n_votes (pairs in order of first vote).
 
@@ -258,21 +286,10 @@ def aggregate(votes: pa.Table | pd.DataFrame, method: str = "dawid-skene") -> pd
     margin; 0 means no preference (the export drops those pairs, as it drops pairs without a majority today).
     Use p_chosen or weight in a loss, not both: each already carries the pair's uncertainty.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     v = decisive_votes(votes)
+    p_lo = _p_lo(v, method)
     pair = v["pair"].to_numpy()
-    n_pairs = int(pair.max()) + 1 if len(v) else 0
-    sign = np.where(v["picked_lo"].to_numpy(), 1.0, -1.0)  # +1: the vote prefers lo
-    if method == "majority":
-        w = v["strength"].to_numpy()
-        p_lo = 0.5 * (1.0 + np.bincount(pair, sign * w, n_pairs) / np.maximum(np.bincount(pair, w, n_pairs), _EPS))
-    elif method == "weighted":
-        r = np.clip(_fit(v).annotators["reliability"], _EPS, 1 - _EPS)
-        log_odds = np.log(r / (1 - r)).reindex(v["annotator"]).to_numpy()
-        p_lo = 0.5 * (1.0 + np.tanh(0.5 * np.bincount(pair, sign * log_odds, n_pairs)))
-    else:
-        p_lo = _fit(v).pairs["p_lo"].to_numpy()
+    n_pairs = len(p_lo)
     first = v.drop_duplicates("pair").sort_values("pair")
     lo_chosen = p_lo >= 0.5
     lo, hi = first["lo"].to_numpy(), first["hi"].to_numpy()

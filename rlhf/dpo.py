@@ -15,7 +15,8 @@ Losses (logratio(y) = log pi(y|x) - log ref(y|x); h = beta * (logratio(y_w) - lo
                 Meng et al. 2024 (arXiv 2405.14734); reference-free, with a target margin (`--simpo-gamma`). Its beta
                 defaults to 2.0 (the paper uses 2.0-2.5, on a per-token scale), not DPO's 0.1.
 sigmoid, ipo, sigmoid_norm and ld are TRL's own code; rdpo and simpo are computed in rlhf/dpo_losses.py, on the same
-(packed or padded) forward.
+(packed or padded) forward, and so is every loss when the pairs carry soft labels (`--label-trust`, on by default
+where the data has p_chosen: per-pair conservative DPO, p l(d) + (1 - p) l(-d)) or weights (rlhf/label_trust.py).
 
 The reference is the starting policy itself. With `--precompute-ref-log-probs` (the default) TRL scores every train
 and held-out pair with the policy before the first step and keeps no reference model at all (one model's weights
@@ -33,6 +34,7 @@ from typing import Any, ClassVar
 
 from annotate.errors import UsageError
 from rlhf.common import BaseArgs, PackingArgs, ResumeArgs, load_data, metrics_callback, row_tokens, trl_args
+from rlhf.label_trust import LabelTrustArgs, mode_of
 from rlhf.skeleton import TrainerRun
 
 LOSS_TYPES = ["sigmoid", "ipo", "sigmoid_norm", "rdpo", "ld", "simpo"]
@@ -45,7 +47,7 @@ DEFAULT_SIMPO_GAMMA = 0.5  # SimPO's target margin; TRL's CPOConfig default (sim
 
 
 @dataclass
-class DPOArgs(ResumeArgs, PackingArgs, BaseArgs):
+class DPOArgs(ResumeArgs, PackingArgs, LabelTrustArgs, BaseArgs):
     """Direct preference optimisation of a policy on preference pairs (TRL DPOTrainer)."""
 
     trl_config_class: ClassVar[str] = "trl.DPOConfig"  # its other fields are options too (rlhf/config.py)
@@ -87,6 +89,7 @@ class DPOArgs(ResumeArgs, PackingArgs, BaseArgs):
     def __post_init__(self) -> None:
         # Loss-dependent defaults resolved here, so config.yaml records the values the run used; a parameter of
         # another loss is an error rather than silently ignored.
+        self.label_trust = mode_of(self.label_trust)
         loss = self.loss_type
         if self.beta is None:
             self.beta = DEFAULT_BETA.get(loss, DEFAULT_BETA_OTHERS)
@@ -122,12 +125,14 @@ def build_trainer(cfg: DPOArgs):
     from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
-    from rlhf.data import trainer_columns
-    from rlhf.dpo_losses import LENGTH_LOSSES, REFERENCE_FREE, length_dpo_trainer
+    from rlhf.data import REQUIRED, trainer_columns
+    from rlhf.dpo_losses import LENGTH_LOSSES, REFERENCE_FREE, dpo_loss_trainer
+    from rlhf.label_trust import prepare as with_label_trust
     from rlhf.models import load_causal_lm
     from rlhf.packing import packed_dpo_trainer
 
     tokenizer, train, test, info = load_data(cfg)
+    train, test, label_column, info["label_trust"] = with_label_trust(cfg.label_trust, train, test)
     set_seed(cfg.seed)
     policy = load_causal_lm(cfg.model, dtype="float32")  # master weights in fp32; bf16 autocast when enabled
     reference_free = cfg.loss_type in REFERENCE_FREE
@@ -146,9 +151,9 @@ def build_trainer(cfg: DPOArgs):
         eval_strategy="no",
     )
     trainer_cls = packed_dpo_trainer(row_tokens(cfg)) if cfg.packing else DPOTrainer
-    if cfg.loss_type in LENGTH_LOSSES:
-        trainer_cls = length_dpo_trainer(trainer_cls, cfg.loss_type, rdpo_alpha=cfg.rdpo_alpha or 0.0,
-                                         simpo_gamma=cfg.simpo_gamma or 0.0)  # fmt: skip
+    if cfg.loss_type in LENGTH_LOSSES or label_column:
+        trainer_cls = dpo_loss_trainer(trainer_cls, cfg.loss_type, rdpo_alpha=cfg.rdpo_alpha or 0.0,
+                                       simpo_gamma=cfg.simpo_gamma or 0.0, label_column=label_column)  # fmt: skip
     precomputed = args.precompute_ref_log_probs and not _fsdp(args)
     trainer = trainer_cls(
         model=policy,
@@ -157,8 +162,8 @@ def build_trainer(cfg: DPOArgs):
         # an explicit frozen copy.
         ref_model=None if precomputed or reference_free else frozen_copy(policy),
         args=args,
-        train_dataset=trainer_columns(train),
-        eval_dataset=trainer_columns(test),
+        train_dataset=trainer_columns(train, (*REQUIRED, label_column)),
+        eval_dataset=trainer_columns(test, (*REQUIRED, label_column)),
         processing_class=tokenizer,
         callbacks=[metrics_callback(cfg.output_dir)],
     )
@@ -185,6 +190,7 @@ class DPORun(TrainerRun):
         results.update({f"eval_{k}_before": v for k, v in before.items()})
         results.update({f"train_{k}": v for k, v in self.info["train"].items()})
         results["eval_pairs"] = self.info["test"]["pairs"]
+        results["label_trust"] = self.info["label_trust"]
         return results
 
     def about(self) -> str:

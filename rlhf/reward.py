@@ -10,6 +10,8 @@ a style-only model fitted on the training pairs, with a flag when the model is n
 `resample` balances the data; `joint`, `odin` and `poe` train something beside the reward that absorbs length
 (a length term; a length head; a bias-only model on style features) and drop it at inference. `--heads` trains a
 head per criterion on one body and `--objective` weighs them into the one score (rlhf/reward_heads.py).
+`--label-trust` (on by default where the data has p_chosen) trains every one of them on soft labels or weighted
+pairs (rlhf/label_trust.py).
 `score()` is the one way the project asks a reward model for numbers (the chat-templated conversation, read at its
 last token, batched by length): this command's held-out report, ppo (rollouts, through ppo.score_responses), rloo
 (TRL's reward function, `reward_function` here), evaluate, the distillation report, and the app's active sampling
@@ -32,6 +34,7 @@ from rlhf.common import (
     row_tokens,
     trl_args,
 )
+from rlhf.label_trust import LabelTrustArgs, mode_of
 from rlhf.reward_report import dropped_term_report, heads_report, report_from_scores, summary_lines
 from rlhf.sampling import response_text  # sampled ids -> the text scored (also importable from here)
 from rlhf.skeleton import TrainerRun
@@ -49,7 +52,7 @@ METHODS = ("none", "resample", "joint", "odin", "poe")  # --length-debias (rlhf/
 
 
 @dataclass
-class RewardArgs(ResumeArgs, PackingArgs, BaseArgs):
+class RewardArgs(ResumeArgs, PackingArgs, LabelTrustArgs, BaseArgs):
     """Train a reward model on preference pairs (TRL RewardTrainer)."""
 
     trl_config_class: ClassVar[str] = "trl.RewardConfig"  # its other fields are options too (rlhf/config.py)
@@ -98,6 +101,7 @@ class RewardArgs(ResumeArgs, PackingArgs, BaseArgs):
         from rlhf.reward_heads import check_options
 
         check_options(self.heads, self.objective, self.length_debias)
+        self.label_trust = mode_of(self.label_trust)
 
 
 def load_reward_model(
@@ -354,11 +358,13 @@ def build_trainer(cfg: RewardArgs):
 
     from annotate.audit_ruler import fit_style_model
     from rlhf.data import REQUIRED, trainer_columns
+    from rlhf.label_trust import prepare as with_label_trust
     from rlhf.reward_debias import chosen_longer_share, debias_trainer, length_balanced, with_debias_columns
     from rlhf.reward_heads import LABELS, parse_heads, with_head_labels
     from rlhf.reward_heads_trainer import HeadsTrainer
 
     tokenizer, train, test, info = load_data(cfg)
+    train, _, label_column, info["label_trust"] = with_label_trust(cfg.label_trust, train)
     style = fit_style_model(*responses(train))
     set_seed(cfg.seed)  # the new score head is drawn here: same seed, same run
     heads = parse_heads(cfg.heads) if cfg.heads else ()
@@ -397,10 +403,11 @@ def build_trainer(cfg: RewardArgs):
     kw = dict(
         model=model,
         args=args,
-        train_dataset=trainer_columns(train, (*REQUIRED, "response_lengths", "style", LABELS)),
+        train_dataset=trainer_columns(train, (*REQUIRED, "response_lengths", "style", LABELS, label_column)),
         processing_class=training_tokenizer(tokenizer, train[0]),
         peft_config=peft_config,
         callbacks=[metrics_callback(cfg.output_dir)],
+        **({"label_column": label_column} if label_column else {}),  # soft labels or weights: our trainers only
     )
     trainer = HeadsTrainer(heads=heads, **kw) if heads else debias_trainer(cfg, kw, train, style)
     if cfg.packing:
@@ -451,6 +458,7 @@ class RewardRun(TrainerRun):
         scored = heldout_scores(self.model, self.tokenizer, self.test, cfg.score_batch_size, weights)
         results = report_from_scores(scored)
         results["length_debias"] = cfg.length_debias
+        results["label_trust"] = self.info["label_trust"]
         length_head = None
         if cfg.length_debias == "odin":  # the dropped head, scored through the one path, then put back
             quality, self.model.score = self.model.score, self.length_head

@@ -30,6 +30,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from trl import RewardTrainer
 
+from rlhf.label_trust import bt_pair_loss, labels_of, model_inputs
+
 if TYPE_CHECKING:
     from datasets import Dataset
 
@@ -75,10 +77,11 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def bt_loss(logit: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
     """-log sigmoid(logit - margin): the Bradley-Terry loss (Ouyang et al. 2022, arXiv 2203.02155, Eq. 1) on a
-    logit that a method may have extended, with TRL's optional per-pair margin (Llama 2's, arXiv 2307.09288 Eq. 2)."""
+    logit that a method may have extended, with TRL's optional per-pair margin (Llama 2's, arXiv 2307.09288 Eq. 2),
+    and the soft label or weight of each pair where `inputs` carries one (`--label-trust`, rlhf/label_trust.py)."""
     if "margin" in inputs:
         logit = logit - inputs["margin"]
-    return -nn.functional.logsigmoid(logit).mean()
+    return bt_pair_loss(logit, labels_of(inputs)).mean()
 
 
 class TermState(TrainerCallback, ExportableState):
@@ -125,16 +128,24 @@ class ColumnsCollator:
 
 class DroppedTermTrainer(RewardTrainer):
     """RewardTrainer carrying `extra_columns` of the dataset into compute_loss, and optimising `extra_params` (not
-    model weights, so save_pretrained never writes them: dropped at inference) at their own learning rate."""
+    model weights, so save_pretrained never writes them: dropped at inference) at their own learning rate.
+    `label_column`: the pairs' soft label or weight (rlhf/label_trust.py) rides along too, for bt_loss."""
 
     extra_columns: tuple[str, ...] = ()
 
-    def __init__(self, *args, extra_lr: float = 0.0, **kwargs):
+    def __init__(self, *args, extra_lr: float = 0.0, label_column: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.extra_lr = extra_lr
         self.extra_params: list[nn.Parameter] = []
+        if label_column:
+            self.extra_columns = (*self.extra_columns, label_column)
         if self.extra_columns:
             self.data_collator = ColumnsCollator(self.data_collator, self.extra_columns)
+
+    @staticmethod
+    def pair_forward(model: nn.Module, inputs: dict[str, Any]) -> Any:
+        """The model on a batch's chosen then rejected sequences; label columns stay out of its inputs."""
+        return model(**model_inputs(inputs), use_cache=False)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()  # TRL's: chosen_ids, rejected_ids, margin
@@ -184,8 +195,7 @@ class JointTrainer(DroppedTermTrainer):
         self.length_w = self.add_dropped_param(torch.zeros(()), LengthWeightState, "length_w")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs["use_cache"] = False
-        outputs = model(**inputs)
+        outputs = self.pair_forward(model, inputs)
         rewards = outputs.logits.squeeze(-1)  # (2B,): chosen then rejected
         r_c, r_r = torch.chunk(rewards, chunks=2)  # (B,), (B,)
         lengths = inputs["attention_mask"].sum(-1).float() / self.length_scale  # (2B,)
@@ -234,8 +244,7 @@ class OdinTrainer(DroppedTermTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         lengths = inputs.pop("response_lengths")
-        inputs["use_cache"] = False
-        outputs = model(**inputs)
+        outputs = self.pair_forward(model, inputs)
         quality, length = outputs.logits.float().unbind(-1)  # (2B,) each: chosen then rejected
         ln = torch.cat([lengths[:, 0], lengths[:, 1]])  # (2B,) in the same order
         q_c, q_r = torch.chunk(quality, 2)
@@ -293,8 +302,7 @@ class PoETrainer(DroppedTermTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         style = inputs.pop("style")  # (B, K)
-        inputs["use_cache"] = False
-        outputs = model(**inputs)
+        outputs = self.pair_forward(model, inputs)
         r_c, r_r = torch.chunk(outputs.logits.squeeze(-1).float(), 2)  # (B,), (B,)
         bias = style @ self.bias_v  # (B,) b(y_c) - b(y_r)
         loss = bt_loss(r_c - r_r + bias, inputs)
@@ -339,4 +347,19 @@ def debias_trainer(cfg: Any, kw: dict[str, Any], train: Dataset, style: StyleMod
         if style is None:
             raise ValueError("poe needs the style model fitted on the training pairs")
         return PoETrainer(style_weights=style.weights, extra_lr=cfg.length_lr, **kw)
-    return RewardTrainer(**kw)
+    return LabelTrustTrainer(**kw) if kw.get("label_column") else RewardTrainer(**kw)
+
+
+class LabelTrustTrainer(DroppedTermTrainer):
+    """The plain Bradley-Terry reward model (none, resample) on soft labels or weighted pairs (`--label-trust`):
+    bt_loss per pair as rlhf/label_trust.py gives it, -[p log sigmoid(d) + (1 - p) log sigmoid(-d)] or
+    -w log sigmoid(d), d = r(x, y_c) - r(x, y_r) (Ouyang et al. 2022, arXiv 2203.02155, Eq. 1 at p = w = 1)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = self.pair_forward(model, inputs)
+        r_c, r_r = torch.chunk(outputs.logits.squeeze(-1).float(), 2)  # (B,), (B,)
+        loss = bt_loss(r_c - r_r, inputs)
+        if self.args.center_rewards_coefficient is not None:
+            loss = loss + self.args.center_rewards_coefficient * torch.mean((r_c + r_r) ** 2)
+        self.log_pair_metrics(r_c, r_r)
+        return (loss, outputs) if return_outputs else loss

@@ -9,7 +9,9 @@ own labelled pairs only, with the reward-model loss of Ouyang et al. 2022 (arXiv
     loss = sum_k  mean_{i: y_ik != 0}  -log sigmoid(y_ik * (r_k(x_i, y_c,i) - r_k(x_i, y_r,i)))
 
 A head with no labelled pair in a batch adds nothing to that batch's loss. TRL's optional per-pair margin applies
-to `overall` only: it measures the strength of the overall votes. Tensor shapes: B pairs per batch, K heads.
+to `overall` only: it measures the strength of the overall votes; so does `--label-trust`'s soft label or weight
+(rlhf/label_trust.py: -[p log sigmoid(d) + (1 - p) log sigmoid(-d)] for that head). Tensor shapes: B pairs per
+batch, K heads.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
+from rlhf.label_trust import COLUMNS
 from rlhf.reward_debias import DroppedTermTrainer, bt_loss
 from rlhf.reward_heads import LABELS
 
@@ -33,8 +36,7 @@ class HeadsTrainer(DroppedTermTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop(LABELS)  # (B, K)
-        inputs["use_cache"] = False
-        outputs = model(**inputs)
+        outputs = self.pair_forward(model, inputs)
         r_c, r_r = torch.chunk(outputs.logits.float(), 2)  # (B, K) each: chosen, rejected
         right = labels * (r_c - r_r)  # (B, K): > 0 where the head orders the pair as its label does
         loss = r_c.new_zeros(())
@@ -43,8 +45,9 @@ class HeadsTrainer(DroppedTermTrainer):
             has = labels[:, k] != 0  # (B,)
             if not has.any():
                 continue
-            margin = {"margin": inputs["margin"][has]} if head == "overall" and "margin" in inputs else {}
-            loss = loss + bt_loss(right[has, k], margin)
+            # The margin and --label-trust's soft label or weight measure the overall votes: `overall` alone.
+            per_pair = {c: v[has] for c, v in inputs.items() if c in ("margin", *COLUMNS)} if head == "overall" else {}
+            loss = loss + bt_loss(right[has, k], per_pair)
             accuracy[f"accuracy_{head}"] = (right[has, k] > 0).float().mean().item()
         if self.args.center_rewards_coefficient is not None:
             loss = loss + self.args.center_rewards_coefficient * torch.mean((r_c + r_r) ** 2)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from annotate.errors import UsageError
 from annotate.jsonutil import to_jsonable
 from rlhf.config import config_record, save_config
 
@@ -101,7 +102,7 @@ def use_cuda(cfg: BaseArgs) -> bool:
     import torch
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda but no CUDA GPU is visible")
+        raise UsageError("--device cuda: no CUDA GPU is visible (--device auto uses one when there is one)")
     return cfg.device != "cpu" and torch.cuda.is_available()
 
 
@@ -123,6 +124,9 @@ def trl_args(cfg: BaseArgs, trl_config_cls: type, default_lr: float | None = Non
 
     cuda = use_cuda(cfg)
     bf16 = cfg.bf16 if cfg.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported())
+    known = {f.name for f in dataclasses.fields(trl_config_cls)}
+    # transformers 5 renamed gradient_checkpointing; the old name still works but warns on every run
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
     kw: dict[str, Any] = dict(
         output_dir=cfg.output_dir,
         max_steps=cfg.max_steps,
@@ -136,7 +140,7 @@ def trl_args(cfg: BaseArgs, trl_config_cls: type, default_lr: float | None = Non
         use_cpu=not cuda,
         bf16=bf16,
         fp16=False,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **{checkpointing: cfg.gradient_checkpointing},
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         max_length=cfg.max_length,
@@ -150,7 +154,6 @@ def trl_args(cfg: BaseArgs, trl_config_cls: type, default_lr: float | None = Non
         kw["learning_rate"] = lr
     kw.update(extra)
     kw.update(cfg.trl_overrides)
-    known = {f.name for f in dataclasses.fields(trl_config_cls)}
     excluded = NOT_DECLARED.get(trl_config_cls.__name__, set())
     if stale := excluded & known:  # TRL added the field: decide whether ours should reach it now
         raise TypeError(f"{trl_config_cls.__name__} now declares {sorted(stale)}: update NOT_DECLARED in {__name__}")
@@ -175,8 +178,8 @@ def start_run(cfg: BaseArgs) -> Path:
     if resuming:
         step = checkpoint_step(resume_checkpoint(cfg))
         _keep_original_data(cfg, out)
-    elif not cfg.data:
-        raise SystemExit("error: --data is required (a preference export or a store directory)")
+    elif not cfg.data:  # rlhf/preflight.py says so first; this is for callers of start_run that skip it
+        raise UsageError("--data is required (a preference export or a store directory)")
     out.mkdir(parents=True, exist_ok=True)
     from annotate.store import pin_version
 

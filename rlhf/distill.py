@@ -168,8 +168,6 @@ def train_student(cfg: DistillArgs, student, teacher, tokenizer, prompts, answer
 
 
 def _load_prompts(cfg: DistillArgs) -> list[Messages]:
-    if not (cfg.data or cfg.prompts):
-        raise UsageError("distill needs prompts: pass --prompts FILE or --data EXPORT.parquet")
     from rlhf.data import load_prompts  # exports, pools, JSONL or .txt prompt files
 
     return load_prompts(cfg.data or cfg.prompts)
@@ -179,8 +177,6 @@ def build_student(cfg: DistillArgs, teacher, tokenizer):
     """The student model: loaded (and checked to share the tokenizer) or cut from the teacher."""
     from rlhf.models import load_causal_lm, load_tokenizer
 
-    if (cfg.student is None) == (cfg.student_layers is None):
-        raise UsageError("pass exactly one of --student ID_OR_PATH or --student-layers N")
     if cfg.student_layers is not None:
         return cut_student(teacher, cfg.student_layers)
     if load_tokenizer(cfg.student).get_vocab() != tokenizer.get_vocab():
@@ -188,6 +184,16 @@ def build_student(cfg: DistillArgs, teacher, tokenizer):
             f"--student {cfg.student}: its tokenizer differs from the teacher's (token-level KD needs one)"
         )
     return load_causal_lm(cfg.student, dtype="float32")
+
+
+def check_options(cfg: DistillArgs) -> None:
+    """What the flags alone can be refused for (rlhf/preflight.py then checks the files and models they name)."""
+    if not (cfg.data or cfg.prompts):
+        raise UsageError("distill needs prompts: pass --prompts FILE or --data EXPORT.parquet")
+    if (cfg.student is None) == (cfg.student_layers is None):
+        raise UsageError("pass exactly one of --student ID_OR_PATH or --student-layers N")
+    if cfg.method not in ("token", "sequence"):
+        raise UsageError(f"--method must be token or sequence, got {cfg.method!r}")
 
 
 def _save_answers(path: Path, splits: dict[str, tuple[list, list]]) -> None:
@@ -266,8 +272,7 @@ def distill(cfg: DistillArgs) -> dict[str, Any]:
 
     from rlhf.models import load_causal_lm, load_tokenizer
 
-    if cfg.method not in ("token", "sequence"):
-        raise UsageError(f"--method must be token or sequence, got {cfg.method!r}")
+    check_options(cfg)
     eval_p, train_p = _eval_and_train_prompts(cfg)
     out = _start_run(cfg)
 
@@ -295,8 +300,12 @@ def distill(cfg: DistillArgs) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rlhf.preflight import preflight
+
     cfg = parse_config(DistillArgs, argv, prog="python rlhf/train.py distill")
     try:
+        check_options(cfg)
+        preflight(cfg, data="prompts")  # a mistake exits 2 before the teacher loads
         distill(cfg)
     except (SchemaError, UsageError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

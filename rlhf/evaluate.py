@@ -291,11 +291,13 @@ def write_outputs(out: Path, summary: dict[str, Any], examples: list[dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rlhf.preflight import preflight
 
-    cfg = parse_config(EvalArgs, argv, prog="train.py evaluate")
-    missing = [f"--{n.replace('_', '-')}" for n in ("policy", "reward_model", "prompts") if not getattr(cfg, n)]
-    if missing:
-        raise SystemExit(f"error: evaluate needs {', '.join(missing)}")
+    cfg = parse_config(EvalArgs, argv, prog="python rlhf/train.py evaluate")
+    required = {"policy": "a trained policy: a run's output directory or a Hub id",
+                "reward_model": "the judge: rlhf/train.py reward's output directory",
+                "prompts": "held-out prompts: an export, a pool or a .txt file"}  # fmt: skip
+    preflight(cfg, required=required)  # a mistake exits 2 before any model loads
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

@@ -313,14 +313,15 @@ def _summary(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from annotate.errors import UsageError
+    from rlhf.preflight import preflight
 
-    cfg = parse_config(GRPOArgs, argv, prog="train.py grpo")
-    if not cfg.reward_model:
-        raise UsageError("--reward-model is required: a trained reward model (rlhf/train.py reward), or 'none'")
-    if cfg.objective and cfg.reward_model == NO_MODEL:
+    cfg = parse_config(GRPOArgs, argv, prog="python rlhf/train.py grpo")
+    required = {"reward_model": "a trained reward model (rlhf/train.py reward), or 'none'",
+                "data": "an export, a candidate pool or a prompts file"}  # fmt: skip
+    if cfg.reward_model and cfg.objective and cfg.reward_model == NO_MODEL:
         raise UsageError("--objective weighs a reward model's heads: it needs a --reward-model other than 'none'")
-    if not cfg.data:
-        raise UsageError("--data is required (an export, a candidate pool or a prompts file)")
+    # Before any model loads: the inputs, and GRPOConfig itself (a batch not divisible by --num-generations).
+    preflight(cfg, data="prompts", split=True, required=required, none_ok=("reward_model",), trl_config=_trl_config)
     task = load_task(cfg)  # before start_run: a prompt nothing can score exits 2 without leaving a run directory
     out = start_run(cfg)
     results = train(cfg, task)

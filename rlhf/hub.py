@@ -21,7 +21,9 @@ MODEL_SUFFIXES = {".safetensors", ".json", ".jinja", ".txt", ".model", ".yaml", 
 
 
 def model_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python rlhf/train.py push", description="publish a trained model to the Hub")
+    from rlhf.config import OneLineParser  # a mistake is one line, as for every rlhf/train.py command
+
+    p = OneLineParser(prog="python rlhf/train.py push", description="publish a trained model to the Hub")
     p.add_argument("--model-dir", required=True, type=Path, help="a run directory (weights, tokenizer, config.yaml)")
     p.add_argument("--repo-id", required=True, help="model repository, e.g. my-org/my-policy")
     p.add_argument("--dry-run", metavar="DIR", help="write the folder that would be uploaded to DIR; no upload")

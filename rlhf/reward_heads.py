@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from annotate.criteria import column
 from annotate.errors import UsageError
 from annotate.schema import CRITERIA
 
@@ -196,6 +195,8 @@ def label_matrix(ds: Dataset, heads: Sequence[str]) -> np.ndarray:
     no column). `overall` is +1 on every pair: the chosen response is the annotators' choice."""
     import numpy as np
 
+    from annotate.criteria import column  # here, not at the top: it loads numpy and pyarrow, which --help need not
+
     cols = []
     for h in heads:
         if h == "overall":
@@ -211,6 +212,8 @@ def label_matrix(ds: Dataset, heads: Sequence[str]) -> np.ndarray:
 def with_head_labels(ds: Dataset, heads: Sequence[str]) -> tuple[Dataset, dict[str, int]]:
     """The training set with its LABELS column and the number of labelled pairs per head. A head without a single
     labelled training pair is a UsageError: it could only ever output noise."""
+    from annotate.criteria import column
+
     labels = label_matrix(ds, heads)
     counts = {h: int((labels[:, k] != 0).sum()) for k, h in enumerate(heads)}
     empty = [h for h in heads if counts[h] == 0]

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from rlhf.common import BaseArgs, finish_rl_run, metrics_callback, start_run, trl_args, use_cuda
 from rlhf.config import parse_config
+from rlhf.preflight import preflight
 from rlhf.reward_heads import ObjectiveArgs, objective_record
 
 
@@ -111,10 +112,11 @@ def train(cfg: RLOOArgs) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rlhf.ppo import REQUIRED
 
-    cfg = parse_config(RLOOArgs, argv, prog="train.py rloo")
-    if not cfg.reward_model:
-        raise SystemExit("error: --reward-model is required (train one with `rlhf/train.py reward`)")
+    cfg = parse_config(RLOOArgs, argv, prog="python rlhf/train.py rloo")
+    # Before any model loads: the inputs, and RLOOConfig itself (a batch not divisible by --num-generations).
+    preflight(cfg, data="prompts", split=True, required=REQUIRED, trl_config=_trl_config)
     out = start_run(cfg)
     finish_rl_run(out, cfg, "rloo", train(cfg), "RLOO (TRL RLOOTrainer, Ahmadian et al. 2024)")
     return 0

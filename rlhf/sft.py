@@ -31,16 +31,22 @@ def to_prompt_completion(ds):
     return Dataset.from_list(list(rows.values()))
 
 
+def trl_config(cfg: SFTArgs):
+    from trl import SFTConfig
+
+    return trl_args(cfg, SFTConfig, default_lr=2e-5, packing=cfg.packing, eval_strategy="no")
+
+
 def build_trainer(cfg: SFTArgs):
     from transformers import set_seed
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from rlhf.models import load_causal_lm
 
     tokenizer, train, test, info = load_data(cfg)
     set_seed(cfg.seed)
     model = load_causal_lm(cfg.model, dtype="float32")
-    args = trl_args(cfg, SFTConfig, default_lr=2e-5, packing=cfg.packing, eval_strategy="no")
+    args = trl_config(cfg)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -57,6 +63,7 @@ class SFTRun(TrainerRun):
 
     command, config_class = "sft", SFTArgs
     build_trainer = staticmethod(build_trainer)
+    trl_config = staticmethod(trl_config)
 
     def measure(self) -> dict[str, Any]:
         return {"eval_loss": self.trainer.evaluate()["eval_loss"]}

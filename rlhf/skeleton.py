@@ -1,5 +1,7 @@
 """The run every TRL trainer command (sft, reward, dpo) goes through, in this order:
 
+    preflight   every input, model and setting checked, the TRL config built: a mistake exits 2 before anything
+                is written or loaded (rlhf/preflight.py)
     start_run   output directory, config.yaml (a store pinned to its version), an empty metrics.jsonl; under
                 --resume the original run's data and its metrics up to the checkpoint's step (rlhf/common.py)
     build       the command's trainer with its data, nothing trained yet
@@ -23,6 +25,7 @@ from typing import Any
 
 from rlhf.common import BaseArgs, resume_checkpoint, start_run, write_eval, write_model_card
 from rlhf.config import parse_config
+from rlhf.preflight import preflight, trl_config_of
 
 
 class TrainerRun:
@@ -32,6 +35,9 @@ class TrainerRun:
     config_class: type[BaseArgs] = BaseArgs
     # cfg -> (trainer, data info): the command module's build_trainer, which tests also call on their own
     build_trainer: Callable[[Any], tuple[Any, dict[str, Any]]] | None = None
+    # cfg -> the TRL config build_trainer uses, built by preflight to surface TRL's refusals before anything loads;
+    # None: rlhf.common.trl_args over the flags, without the command's extra keys (rlhf.preflight.trl_config_of)
+    trl_config: Callable[[Any], Any] | None = None
 
     def __init__(self, cfg: BaseArgs) -> None:
         self.cfg = cfg
@@ -62,7 +68,15 @@ class TrainerRun:
         """What the run prints last."""
         raise NotImplementedError
 
+    def check(self) -> None:
+        """rlhf/preflight.py's checks: --data is needed unless --resume reads it from the run's config.yaml, where
+        a checkpoint must be to resume from."""
+        resume_checkpoint(self.cfg)  # exits 2 when --resume finds no checkpoint
+        required = {} if getattr(self.cfg, "resume", False) else {"data": "a preference export or a store directory"}
+        preflight(self.cfg, required=required, trl_config=type(self).trl_config or trl_config_of(self.cfg))
+
     def run(self) -> dict[str, Any]:
+        self.check()
         out = start_run(self.cfg)
         self.trainer = self.build()
         before = self.measure()

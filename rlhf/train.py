@@ -2,7 +2,8 @@
 
 Each command is a module exposing `main(argv) -> int`, imported only when it runs (so --help is instant).
 Flags come from that module's `*Args` dataclass, optionally seeded from `--config recipes/NAME.yaml`. Bad data
-(SchemaError) and command-line mistakes (UsageError) end as one `error: ...` line with exit code 2.
+(SchemaError) and command-line mistakes (UsageError, and the parser's own) end as one `error: ...` line with exit
+code 2, found before any model loads (rlhf/preflight.py).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if argv[0] not in COMMANDS:
-        print(f"error: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        print(f"error: unknown command {argv[0]!r} (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     try:
         module = importlib.import_module(COMMANDS[argv[0]][0])
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     import os
 
-    if sys.platform == "linux" and "MALLOC_ARENA_MAX" not in os.environ:
+    asks_help = any(a in ("-h", "--help") for a in sys.argv[1:])  # prints and exits: no need to start twice
+    if sys.platform == "linux" and "MALLOC_ARENA_MAX" not in os.environ and not asks_help:
         # glibc gives each thread that allocates its own malloc arena; with torch's threads these hold freed memory
         # apart. Two arenas cut the reward recipe's peak resident memory from 4.22 GB to 3.84 GB on a 2-core CPU
         # (BENCHMARKS.md). The variable is read when the process starts, hence the re-exec.

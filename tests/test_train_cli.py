@@ -27,15 +27,38 @@ def test_help_lists_common_and_trl_flags_and_modules_load_without_torch():
         for flag in ("--learning-rate", "--seed", "--max-length", "--report-to", "--device", "--config"):
             assert flag in done.stdout
         assert "TRL options" in done.stdout and "--lr-scheduler-type" in done.stdout  # TRL's own fields, grouped
-    # Importing the commands loads no training stack: TRL is imported when a parser is built or a run starts.
+    # Importing the commands loads no training stack, nor does building their parsers: TRL's options come from
+    # rlhf/trl_options.json (checked below), so --help never waits for torch. A run imports TRL when it starts.
     probe = (
-        "import sys, rlhf.train, rlhf.reward, rlhf.dpo, rlhf.sft, rlhf.data, rlhf.common\n"
+        "import sys, rlhf.train, rlhf.reward, rlhf.dpo, rlhf.sft, rlhf.data, rlhf.common, rlhf.rloo, rlhf.grpo\n"
+        "from rlhf.config import build_parser\n"
+        "for cls in (rlhf.reward.RewardArgs, rlhf.dpo.DPOArgs, rlhf.sft.SFTArgs, rlhf.rloo.RLOOArgs, "
+        "rlhf.grpo.GRPOArgs): build_parser(cls)\n"
         "print(any(m in sys.modules for m in ('torch', 'trl', 'transformers')))"
     )
     assert (
         subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         == "False"
     )
+
+
+def test_trl_options_file_is_what_the_installed_trl_declares():
+    """rlhf/trl_options.json lists TRL's fields for the parsers without importing TRL. After a TRL or transformers
+    upgrade this fails: rewrite the file with `python -m rlhf.config`."""
+    from rlhf import config
+    from rlhf.dpo import DPOArgs
+    from rlhf.grpo import GRPOArgs
+    from rlhf.reward import RewardArgs
+    from rlhf.rloo import RLOOArgs
+    from rlhf.sft import SFTArgs
+
+    listing = json.loads(config.TRL_OPTIONS_FILE.read_text())
+    assert listing["versions"] == {p: config._installed(p) for p in config.PINNED}, "run python -m rlhf.config"
+    names = {c.trl_config_class for c in (SFTArgs, RewardArgs, DPOArgs, RLOOArgs, GRPOArgs)}
+    assert names <= set(listing["classes"])
+    for name, options in listing["classes"].items():
+        live = config.trl_class_options(config.trl_config_class(object, name))  # the class itself: read live
+        assert options == live, f"{name}: run python -m rlhf.config"
 
 
 def test_recipe_with_flag_override_writes_config_metrics_and_card(tmp_path):
@@ -74,8 +97,8 @@ def test_unknown_recipe_key_and_missing_data_fail_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["dpo", "--config", str(recipe)])
     assert "unknown option 'max_stepz'" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="--data is required"):
-        train.main(["sft", "--output-dir", str(tmp_path / "x")])
+    assert train.main(["sft", "--output-dir", str(tmp_path / "x")]) == 2
+    assert "--data is required" in capsys.readouterr().err
 
 
 def test_shipped_recipes_parse():

@@ -77,6 +77,16 @@ if __name__ == "__main__":
         # apart. Two arenas cut the reward recipe's peak resident memory from 4.22 GB to 3.84 GB on a 2-core CPU
         # (BENCHMARKS.md). The variable is read when the process starts, hence the re-exec.
         os.environ["MALLOC_ARENA_MAX"] = "2"
+        # CPU threads, read at start like the arena limit: the free cores, unless the user set OMP_NUM_THREADS.
+        # Not for `pipeline`, whose stages start later and decide for themselves.
+        if "OMP_NUM_THREADS" not in os.environ and sys.argv[1:2] != ["pipeline"]:
+            from rlhf.common import cpu_threads
+
+            n, cores = cpu_threads(), len(os.sched_getaffinity(0))
+            os.environ["OMP_NUM_THREADS"] = str(n)
+            if n < cores:
+                print(f"[threads] {n} of {cores} CPU threads: other work is running (load {os.getloadavg()[0]:.1f}); "
+                      "set OMP_NUM_THREADS to choose", file=sys.stderr)  # fmt: skip
         os.execv(sys.executable, [sys.executable, *sys.argv])
     code = main()
     # Skip the interpreter's teardown: Arrow's background threads can abort the process after all work is done

@@ -175,3 +175,15 @@ def test_the_plan_is_printed_before_training(tmp_path, capsys):
     steps = -(-pairs // 8)  # one epoch of 4 x 2 pairs per optimizer step
     assert f"[plan] {steps} optimizer steps x 8 pairs" in out
     assert out.index("[plan]") < out.index("[reward] held-out accuracy")
+
+
+def test_cpu_threads_leave_the_busy_cores_alone():
+    """Unset OMP_NUM_THREADS: torch gets the cores other work leaves free (issue 17: all threads on a busy 2-core
+    machine made generation 8x slower than one), never fewer than one, never more than the cores."""
+    from rlhf.common import cpu_threads
+
+    assert cpu_threads(cores=2, load=0.1) == 2  # quiet: every core
+    assert cpu_threads(cores=2, load=1.2) == 1
+    assert cpu_threads(cores=2, load=6.5) == 1  # overloaded: still one
+    assert cpu_threads(cores=16, load=3.0) == 13
+    assert 1 <= cpu_threads() <= len(__import__("os").sched_getaffinity(0))

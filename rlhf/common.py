@@ -91,19 +91,6 @@ def row_tokens(cfg: Any) -> int:
     return cfg.pack_row_tokens or cfg.max_length
 
 
-def cpu_threads(cores: int | None = None, load: float | None = None) -> int:
-    """Threads for torch's CPU work when the user has not chosen (OMP_NUM_THREADS unset): the cores this process
-    may use, less the other work already running (the 1-minute load average), at least one.
-
-    torch takes every core by default; on a busy 2-core machine that oversubscribes the CPU and made generation 8x
-    and a reward step 3.4x slower than one thread (issue 17), while on a quiet machine all cores are fastest."""
-    import os
-
-    cores = cores if cores is not None else len(os.sched_getaffinity(0))
-    load = load if load is not None else os.getloadavg()[0]
-    return max(1, min(cores, round(cores - load)))
-
-
 def is_main_process() -> bool:
     """Rank 0 of a `torchrun` / `accelerate launch` job (or a plain run): the one process that writes files."""
     import os
@@ -304,15 +291,17 @@ def write_eval(out_dir: str | Path, results: dict[str, Any]) -> None:
     append_metrics(out_dir, {"split": "eval", **clean})
 
 
-def write_model_card(out_dir: str | Path, cfg: BaseArgs, command: str, results: dict[str, Any], about: str) -> None:
+def write_model_card(
+    out_dir: str | Path, cfg: BaseArgs, command: str, results: dict[str, Any], about: str, distill: dict | None = None
+) -> None:
     """README.md of a finished run: the model card (rlhf.cards.model_card, the writer `push` uses too) with the
-    command, the exact command line, the resolved config and the held-out results."""
+    command, the exact command line, the resolved config and the held-out results (`distill`: distill's report)."""
     if not is_main_process():
         return
     from rlhf.cards import model_card
 
     argv = " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("train.py") else f"{command} ..."
-    run = {"config": config_record(cfg), "eval": to_jsonable(results), "distill": None,
+    run = {"config": config_record(cfg), "eval": to_jsonable(results), "distill": distill,
            "trim": None, "command": command, "about": about, "argv": argv}  # fmt: skip
     Path(out_dir, "README.md").write_text(model_card(run))
 

@@ -68,6 +68,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def cpu_threads(cores: int | None = None, load: float | None = None) -> int:
+    """Threads for torch's CPU work when the user has not chosen (OMP_NUM_THREADS unset): the cores this process
+    may use, less the other work already running (the 1-minute load average), at least one.
+
+    torch takes every core by default; on a busy 2-core machine that oversubscribes the CPU and made generation 8x
+    and a reward step 3.4x slower than one thread (issue 17), while on a quiet machine all cores are fastest."""
+    import os
+
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    load = load if load is not None else os.getloadavg()[0]
+    return max(1, min(cores, round(cores - load)))
+
+
 if __name__ == "__main__":
     import os
 
@@ -80,8 +93,6 @@ if __name__ == "__main__":
         # CPU threads, read at start like the arena limit: the free cores, unless the user set OMP_NUM_THREADS.
         # Not for `pipeline`, whose stages start later and decide for themselves.
         if "OMP_NUM_THREADS" not in os.environ and sys.argv[1:2] != ["pipeline"]:
-            from rlhf.common import cpu_threads
-
             n, cores = cpu_threads(), len(os.sched_getaffinity(0))
             os.environ["OMP_NUM_THREADS"] = str(n)
             if n < cores:

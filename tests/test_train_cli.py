@@ -180,7 +180,7 @@ def test_the_plan_is_printed_before_training(tmp_path, capsys):
 def test_cpu_threads_leave_the_busy_cores_alone():
     """Unset OMP_NUM_THREADS: torch gets the cores other work leaves free (issue 17: all threads on a busy 2-core
     machine made generation 8x slower than one), never fewer than one, never more than the cores."""
-    from rlhf.common import cpu_threads
+    from rlhf.train import cpu_threads
 
     assert cpu_threads(cores=2, load=0.1) == 2  # quiet: every core
     assert cpu_threads(cores=2, load=1.2) == 1

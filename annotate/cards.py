@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from huggingface_hub import CardData
 
     from annotate.audit_types import AuditResult
+    from annotate.provenance import Provenance
 
 
 def fmt(v: Any) -> str:
@@ -138,10 +139,18 @@ def _verified_section(audit: AuditResult) -> str:
     )
 
 
-def _annotators_section(annotators: dict[str, int], pseudonymised: bool) -> str:
-    who = "pseudonyms (stable within this release)" if pseudonymised else "the ids annotators logged in with"
-    rows = "\n".join(f"| {name} | {n} |" for name, n in annotators.items())
-    return f"Annotators appear as {who}.\n\n| annotator | votes |\n|---|---|\n{rows}"
+def _annotators_section(annotators: dict[str, tuple[str, int]], note: str) -> str:
+    rows = [{"annotator": name, "origin": origin, "votes": str(n)} for name, (origin, n) in annotators.items()]
+    return f"{note}\n\n{_md_table(rows)}"
+
+
+def _provenance_section(provenance: Provenance, licence: tuple[str | None, str]) -> str:
+    """Where the judgments came from (annotate.provenance), per origin, and the release's licence with its reason."""
+    from annotate.provenance import UNKNOWN_LICENSE
+
+    name, why = licence
+    said = f"`{name}`: {why}" if name else f"**{UNKNOWN_LICENSE}**: {why}; a push without `--license` is refused"
+    return f"{_md_table(provenance.rows())}\n\nLicence of this release: {said}."
 
 
 def _schema_section(schemas: dict[str, pa.Schema]) -> str:
@@ -156,21 +165,24 @@ def dataset_card(
     *,
     repo_id: str,
     counts: dict[str, Any],
-    annotators: dict[str, int],
+    provenance: Provenance,
+    licence: tuple[str | None, str],
+    annotators: dict[str, tuple[str, int]],
     pseudonymised: bool,
     schemas: dict[str, pa.Schema],
     audit: AuditResult | None,
     audit_missing: str,
     guidelines: str | None,
 ) -> str:
-    """README.md for a published comparison store."""
+    """README.md for a published comparison store. `licence`: (Hub licence id or None when unknown, why);
+    `annotators`: published name -> (origin, standing votes)."""
     guide = guidelines.strip() if guidelines else "No annotation guidelines were given when this dataset was pushed."
     return (
         front_matter(card_data)
         + f"""
 # {repo_id}
 
-Human pairwise judgments of model responses, collected with prefkit's labeling app.
+Pairwise judgments of model responses: {provenance.summary()}.
 
 - `comparisons`: one row per standing vote (retracted votes and their retractions removed).
 - `preferences`: the votes aggregated per pair into TRL's conversational preference format
@@ -181,13 +193,17 @@ from datasets import load_dataset
 prefs = load_dataset("{repo_id}", "preferences", split="train")
 ```
 
+## Where the judgments come from
+
+{_provenance_section(provenance, licence)}
+
 ## Counts
 
 {table(counts, ("count", "value"))}
 
 ## Annotators
 
-{_annotators_section(annotators, pseudonymised)}
+{_annotators_section(annotators, provenance.annotator_note(pseudonymised))}
 
 ## Agreement and bias
 

@@ -34,7 +34,8 @@ The store is read through annotate.store.snapshot: the stats (and the line print
 so `--store DIR@VERSION` reads exactly the same votes again later. Files are written to a temporary name in the
 destination folder, fsync'd, then renamed: a crash never leaves a partial file under the final name, and with
 --test-fraction both files are renamed only once both are complete. Every option and path is checked before the
-store is read: bad ones exit 2 with nothing written.
+store is read: bad ones exit 2 with nothing written. So does a store with no pair to export, or none left to train
+on after the split (`--allow-empty` writes the empty files instead).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import pyarrow.compute as pc
 
 from annotate import criteria
 from annotate.errors import UsageError
-from annotate.schema import MESSAGES, PAIR_FLAGS
+from annotate.schema import MESSAGES, PAIR_FLAGS, SchemaError
 
 
 def _one_message(text: pa.Array) -> pa.Array:
@@ -304,11 +305,14 @@ def export(
     pool: str | Path | None = None,
     verifiers: bool = True,
     method: str = "majority",
+    allow_empty: bool = False,
 ) -> dict:
     """Export a store (path, DIR@VERSION or URL); returns counts, the store version read (`store_version`,
     None when the store has no versions) and the files written. `live`: also votes not yet sealed into a version.
     `pool`: the pool whose verifiers set criterion_correct (default: the store's own pools); `verifiers=False`: none.
-    `method`: how votes become one label per pair (--aggregate; see the module doc).
+    `method`: how votes become one label per pair (--aggregate; see the module doc). No pair to export, or none left
+    to train on after the split, raises SchemaError before anything is written, unless `allow_empty`: an empty file
+    would only fail later, in a training run far from its cause.
     """
     from annotate.store import snapshot
 
@@ -339,14 +343,30 @@ def export(
     rows, verdicts = criteria.with_verifier_labels(rows, checks)
     stats.update(verifier_labels=verdicts["verified"], verifier_overrides=verdicts["overridden"])
     stats["rows"] = rows.num_rows
+    if not allow_empty:
+        _refuse_empty(stats, rows.num_rows)
     if test_fraction > 0:
         train, test = split_by_prompt(rows, test_fraction, seed)
+        if train.num_rows == 0 and not allow_empty:
+            why = f"all {rows.num_rows} pairs fell in the held-out split; lower --test-fraction"
+            raise SchemaError(f"{store_label(stats)}: no pairs to train on ({why} or pass --allow-empty)")
         write_tables([(train, files[0]), (test, files[1])])
         stats.update(train=train.num_rows, test=test.num_rows)
     else:
         write_tables([(rows, out)])
     stats["files"] = [str(f) for f in files]
     return stats
+
+
+def _refuse_empty(stats: dict, rows: int) -> None:
+    """SchemaError (exit 2, one line) for an export without a single pair, saying where the votes went."""
+    if rows:
+        return
+    gone = [f"{stats[k]} {what}" for k, what in (("no_majority", "pairs without a majority"),
+            ("below_min_agreement", "pairs below --min-agreement")) if stats.get(k)]  # fmt: skip
+    why = f"{stats['records']} records, {stats['votes']} usable a/b votes" + "".join(f", {g}" for g in gone)
+    raise SchemaError(f"{store_label(stats)}: no preference pairs to export ({why}; ties, both_bad, skips, retracted "
+                      "and flagged votes make none); --allow-empty writes empty files")  # fmt: skip
 
 
 def store_label(stats: dict) -> str:
@@ -385,6 +405,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-verifiers", dest="verifiers", action="store_false",
         help="run no verifier: criterion_correct holds the annotators' picks alone",
     )  # fmt: skip
+    parser.add_argument(
+        "--allow-empty", action="store_true",
+        help="write the files even when no pair is left to export (default: exit 2 naming why)",
+    )  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
@@ -399,6 +423,7 @@ def main(args: argparse.Namespace) -> int:
         pool=args.pool,
         verifiers=args.verifiers,
         method=args.aggregate,
+        allow_empty=args.allow_empty,
     )
     dropped = "" if args.raw else f", {s['no_majority']} pairs without a majority dropped"
     if s.get("against_majority"):
@@ -414,6 +439,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"note: {s['unsealed']} of them not yet in a store version", file=sys.stderr)
         else:
             print(f"note: {s['unsealed']} newer votes not yet in a store version left out (--live)", file=sys.stderr)
+    if args.test_fraction and s.get("test") == 0:
+        print(f"note: no prompt fell in the held-out split (--test-fraction {args.test_fraction})", file=sys.stderr)
     for f in s["files"]:
         print(f)
     return 0

@@ -6,14 +6,18 @@
 hand-written HTTP. `--dry-run DIR` writes that folder to DIR and stops (no token, no network). Repositories are
 private unless `--public`. The token comes from HF_TOKEN or the cached login (`hf auth login`); without one the
 command stops before any work (exit 2). A store becomes Parquet shards (comparisons and aggregated preferences) and
-a dataset card (annotate.cards). Models go through the same door: `python rlhf/train.py push` (rlhf/hub.py) calls
-`hub_token` and `publish` here.
+a dataset card (annotate.cards) that says where the judgments came from (annotate.provenance): imported data keeps
+its origin, its annotator ids as imported and, without --license, its source's licence (HH-RLHF: MIT). Only app
+annotators and judges are pseudonymised. A licence that cannot be determined (votes collected in the app, a TRL file)
+needs --license: a push without it exits 2; a dry run writes "unknown: set --license" into the card. Models go
+through the same door: `python rlhf/train.py push` (rlhf/hub.py) calls `hub_token` and `publish` here.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from annotate.audit_types import AuditResult
+    from annotate.provenance import Provenance
 
 NO_TOKEN = "no Hugging Face token: set HF_TOKEN or run `hf auth login` (or write the folder only with --dry-run DIR)"
 SHARD_ROWS = 100_000  # rows per Parquet shard: small enough for the dataset viewer, few files for big stores
@@ -87,10 +92,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo-id", required=True, help="dataset repository, e.g. my-org/my-prefs")
     parser.add_argument("--dry-run", metavar="DIR", help="write the folder that would be uploaded to DIR; no upload")
     parser.add_argument("--public", action="store_true", help="make the repository public (default: private)")
-    parser.add_argument("--license", default="cc-by-4.0", help="license of the judgments (default: cc-by-4.0)")
+    parser.add_argument(
+        "--license", default=None,
+        help="licence of the judgments, a Hub licence id (default: the source's where every vote was imported from "
+        "one with a known licence, e.g. HH-RLHF's mit; otherwise required: a push without it exits 2)",
+    )  # fmt: skip
     parser.add_argument("--guidelines", type=Path, help="the annotation guidelines (Markdown) shown to annotators")
     parser.add_argument(
-        "--keep-annotator-ids", action="store_true", help="publish login ids instead of stable pseudonyms"
+        "--keep-annotator-ids",
+        action="store_true",
+        help="publish app annotators' login ids instead of stable pseudonyms (imported ids are always kept as given)",
     )
     parser.add_argument("--shard-rows", type=int, default=SHARD_ROWS, help="rows per Parquet shard")
 
@@ -137,9 +148,10 @@ def _run_audit(table: pa.Table, store: str) -> tuple[AuditResult | None, str]:
     return run_audit(table, n_boot=200, verifiers=pool_verifiers(pools) if pools is not None else None), ""
 
 
-def _pseudonymised(votes: pa.Table, names: list[str]) -> pa.Table:
+def _pseudonymised(votes: pa.Table, names: list[str], kept: Iterable[str] = ()) -> pa.Table:
     """Login ids (names or e-mails) replaced by stable pseudonyms: annotator-01, ... in the sorted order of `names`
-    (the standing votes' annotators); anyone else (only retracted votes: never in a published figure) is hidden.
+    (the standing votes' app annotators); `kept` (imported ids: the source's attribution, annotate.provenance) stay
+    as they are; anyone else (only retracted votes: never in a published figure) is hidden.
     AI judges ("judge:<model>") become judge:model-01, ...: still judges to the card's audit (its judge bias card),
     but not named, since <model> may be a local path with a user's name in it."""
     import pyarrow as pa
@@ -147,7 +159,8 @@ def _pseudonymised(votes: pa.Table, names: list[str]) -> pa.Table:
     from annotate.judge_votes import is_judge
 
     humans, judges = [n for n in names if not is_judge(n)], [n for n in names if is_judge(n)]
-    alias = {n: f"annotator-{i + 1:02d}" for i, n in enumerate(humans)}
+    alias = {n: n for n in kept}
+    alias |= {n: f"annotator-{i + 1:02d}" for i, n in enumerate(humans)}
     alias |= {n: f"judge:model-{i + 1:02d}" for i, n in enumerate(judges)}
     col = pa.array([alias.get(a, "annotator-retracted") for a in votes.column("annotator").to_pylist()], pa.string())
     return votes.set_column(votes.schema.get_field_index("annotator"), "annotator", col)
@@ -170,14 +183,15 @@ def _counts(raw: pa.Table, votes: pa.Table, prefs: pa.Table, agg_counts: dict, v
     }
 
 
-def _card_data(args: argparse.Namespace, rows: int):
-    """The dataset card's YAML metadata: license, tags, size, and the two configs the Hub's viewer offers."""
+def _card_data(args: argparse.Namespace, rows: int, licence: str | None):
+    """The dataset card's YAML metadata: license ("unknown", the Hub's own word, when undetermined), tags, size, and
+    the two configs the Hub's viewer offers."""
     from huggingface_hub import DatasetCardData
 
     from annotate.cards import size_category
 
     return DatasetCardData(
-        license=args.license,
+        license=licence or "unknown",
         task_categories=["text-generation"],
         tags=["rlhf", "dpo", "human-feedback", "preference", "prefkit"],
         size_categories=[size_category(rows)],
@@ -189,22 +203,44 @@ def _card_data(args: argparse.Namespace, rows: int):
     )
 
 
+def _licence(args: argparse.Namespace, prov: Provenance) -> tuple[str | None, str]:
+    """The release's licence and why (annotate.provenance). Undetermined: a real push refuses (exit 2, naming
+    --license); a dry run writes the card with "unknown: set --license" and says so."""
+    from annotate.provenance import UNKNOWN_LICENSE
+
+    licence, why = prov.license(args.license)
+    if licence is None:
+        if not args.dry_run:
+            raise UsageError(f"--license: the licence of these judgments is unknown ({why}): set --license, e.g. "
+                             "--license cc-by-4.0 for judgments you collected")  # fmt: skip
+        print(f"note: the card's licence is '{UNKNOWN_LICENSE}' ({why}); a push needs --license", file=sys.stderr)
+    for o in prov.conflicts(licence):  # the publisher's call, but never a silent one: on stderr and in the card
+        clash = f"the {o.votes:,} votes {o.label} are {o.license} at their source"
+        print(f"note: --license {licence}, but {clash}", file=sys.stderr)
+        why += f"; {clash}"
+    return licence, why
+
+
 def build_dataset_folder(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     """Parquet shards (comparisons + aggregated preferences) and README.md for a store; returns the counts."""
     import pyarrow.compute as pc
 
     from annotate.cards import dataset_card
     from annotate.export import aggregate, usable_votes
+    from annotate.provenance import Provenance, origin_of_name
     from annotate.store import effective_table, snapshot
 
     raw, info = snapshot(str(args.store))  # a sealed version, named in the card: the published votes can be re-read
     votes = effective_table(raw).drop_columns(["retracts"])  # standing votes: retracts is null in every row
     if votes.num_rows == 0:
         raise SchemaError(f"{args.store}: no standing comparisons to publish")
+    prov = Provenance.of(votes)
+    licence, licence_why = _licence(args, prov)  # before any work: a push without a licence stops here
+    kept = prov.kept_names()
     audited = raw
     if not args.keep_annotator_ids:  # login ids may be names or e-mails: publish stable pseudonyms
-        names = sorted(set(votes.column("annotator").to_pylist()))
-        votes, audited = _pseudonymised(votes, names), _pseudonymised(raw, names)  # the card's audit names them so
+        names = prov.private_names()
+        votes, audited = _pseudonymised(votes, names, kept), _pseudonymised(raw, names, kept)  # the audit too
     prefs, agg_counts = aggregate(usable_votes(raw))
     votes = hub_friendly(votes)
     write_shards(votes, folder, "comparisons", "train", args.shard_rows)
@@ -213,10 +249,12 @@ def build_dataset_folder(args: argparse.Namespace, folder: Path) -> dict[str, An
     per_annotator = sorted(pc.value_counts(votes.column("annotator")).to_pylist(), key=lambda r: r["values"])
     audit, missing = _run_audit(audited, str(args.store))
     card = dataset_card(
-        _card_data(args, votes.num_rows),
+        _card_data(args, votes.num_rows, licence),
         repo_id=args.repo_id,
         counts=counts,
-        annotators={r["values"]: r["counts"] for r in per_annotator},
+        provenance=prov,
+        licence=(licence, licence_why),
+        annotators={r["values"]: (origin_of_name(r["values"], kept), r["counts"]) for r in per_annotator},
         pseudonymised=not args.keep_annotator_ids,
         schemas={"preferences": prefs.schema, "comparisons": votes.schema},
         audit=audit,

@@ -92,7 +92,7 @@ def _trimmed_distill_section(rep: dict[str, Any], tv: dict[str, Any]) -> str:
 
 def _distill_section(rep: dict | None, trimmed: bool = False) -> str:
     if not rep:
-        return "This model was not distilled (no distill_report.json in the run directory)."
+        return "The run wrote no report card (no distill_report.json in the run directory: `--report false`)."
     tv = rep.get("trimmed_vocab") if trimmed else None
     if trimmed and not tv:
         return "A vocabulary-trimmed student whose run recorded no report card for the trimmed model."
@@ -191,6 +191,26 @@ def _card_data(run: dict[str, Any], release: Release | None):
     )
 
 
+def _steps(ev: dict[str, Any] | None) -> str:
+    """The optimizer steps the run took, as its eval.json recorded them (the trainer's count, not the plan)."""
+    if not ev or ev.get("steps") is None:
+        return "optimizer steps not recorded by this run"
+    if ev.get("optimizer_steps") is not None:  # ppo: each iteration samples rollouts, then updates several times
+        return f"{ev['steps']:,} rollout-and-update iterations, {ev['optimizer_steps']:,} optimizer steps"
+    return f"{ev['steps']:,} optimizer steps"
+
+
+def _held_out_rows(ev: dict[str, Any]) -> dict[str, Any]:
+    """The held-out table's rows: what has no section of its own, intervals written as 'lo-hi'."""
+    rows = {}
+    for k, v in ev.items():
+        if k.startswith(("ruler_", "eval_head_")) or k in ("steps", "optimizer_steps"):
+            continue
+        ci = k.endswith("_ci95") and isinstance(v, list) and len(v) == 2 and None not in v
+        rows[k] = f"{v[0]:.3f}-{v[1]:.3f}" if ci else v
+    return rows
+
+
 def _provenance(run: dict[str, Any], card_data, release: Release | None) -> str:
     """Base model, method, training data and, for a run's own card, the exact command line."""
     cfg = run["config"]
@@ -202,6 +222,7 @@ def _provenance(run: dict[str, Any], card_data, release: Release | None) -> str:
     else:
         data = f"`{cfg.get('data') or cfg.get('prompts') or 'not recorded'}` (local; not published with this model)"
     lines = f"- **Base model:** {base}\n- **Method:** {method} (prefkit, on TRL)\n- **Training data:** {data}"
+    lines += f"\n- **Training:** {_steps(run.get('eval'))}"
     if run.get("argv"):
         lines += f"\n\nTrained with:\n\n```\npython rlhf/train.py {run['argv']}\n```"
     return lines
@@ -216,8 +237,8 @@ def model_card(run: dict[str, Any], release: Release | None = None) -> str:
     title = release.repo_id if release else f"{run.get('command') or 'a'} model trained with prefkit"
     about = f"{run['about']}\n\n" if run.get("about") else ""
     config = yaml.safe_dump(run["config"], sort_keys=False).strip() if run["config"] else "not recorded"
-    # The ruler's figures have their own section; the table keeps the rest.
-    shown = {k: v for k, v in (run["eval"] or {}).items() if not k.startswith(("ruler_", "eval_head_"))}
+    # The ruler's figures and the steps have their own places; the table keeps the rest.
+    shown = _held_out_rows(run["eval"] or {})
     evaluation = table(shown, ("metric", "value")) if run["eval"] else "No held-out evaluation was recorded."
     distill = (
         f"\n## Distillation\n\n{_distill_section(run['distill'], trimmed=bool(run.get('trim')))}\n"

@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any
 
 from annotate.errors import UsageError
 from annotate.schema import SchemaError
-from rlhf.common import BaseArgs, append_metrics, metrics_callback, trl_args, use_cuda, write_eval
+from rlhf.common import (
+    BaseArgs,
+    append_metrics,
+    metrics_callback,
+    trl_args,
+    use_cuda,
+    write_eval,
+    write_model_card,
+)
 from rlhf.config import parse_config, save_config
 from rlhf.distill_models import Messages, divergence, trim_student
 from rlhf.sampling import generate
@@ -144,8 +152,9 @@ def _answers_dataset(
     return Dataset.from_list(rows)
 
 
-def train_student(cfg: DistillArgs, student, teacher, tokenizer, prompts, answers) -> list[dict[str, Any]]:
-    """Run GKD (token) or SFT (sequence) on the teacher's answers; returns the trainer's log history."""
+def train_student(cfg: DistillArgs, student, teacher, tokenizer, prompts, answers) -> tuple[list[dict[str, Any]], int]:
+    """Run GKD (token) or SFT (sequence) on the teacher's answers; returns the trainer's loss log and the optimizer
+    steps it took (the log alone undercounts: it has no line until --logging-steps steps)."""
     extra = dict(lr_scheduler_type="constant")  # short runs: a decaying schedule mostly wastes the last steps
     data = _answers_dataset(tokenizer, prompts, answers, cfg.method)
     if cfg.method == "token":
@@ -164,7 +173,7 @@ def train_student(cfg: DistillArgs, student, teacher, tokenizer, prompts, answer
         )
     trainer.add_callback(metrics_callback(cfg.output_dir))
     trainer.train()
-    return [h for h in trainer.state.log_history if "loss" in h]
+    return [h for h in trainer.state.log_history if "loss" in h], trainer.state.global_step
 
 
 def _load_prompts(cfg: DistillArgs) -> list[Messages]:
@@ -235,7 +244,7 @@ def _teacher_answers(cfg: DistillArgs, teacher, tokenizer, out: Path, train_p: l
     return train_a, eval_a
 
 
-def _results(cfg: DistillArgs, before: dict, after: dict, history: list, n_train: int, n_eval: int) -> dict:
+def _results(cfg: DistillArgs, before: dict, after: dict, steps: int, n_train: int, n_eval: int) -> dict:
     return {
         "method": cfg.method,
         "kl_before": before["kl"],
@@ -245,7 +254,7 @@ def _results(cfg: DistillArgs, before: dict, after: dict, history: list, n_train
         "eval_tokens": after["tokens"],
         "train_prompts": n_train,
         "eval_prompts": n_eval,
-        "steps": history[-1]["step"] if history else 0,
+        "steps": steps,
     }
 
 
@@ -264,6 +273,18 @@ def _trim_and_report(cfg: DistillArgs, out: Path, teacher, student, tokenizer, t
             max_new_tokens=cfg.max_new_tokens, speed_prompts=cfg.speed_prompts, speed_batch_size=cfg.speed_batch_size,
             trimmed_dir=trimmed, teacher_model=teacher, student_model=student, tokenizer=tokenizer,
         )  # fmt: skip
+
+
+def _write_card(cfg: DistillArgs, out: Path, results: dict[str, Any]) -> None:
+    """The run's model card, by the writer every run uses (rlhf.cards via write_model_card), with the report card
+    when one was written: last, so it describes everything the run left."""
+    report = out / "distill_report.json"
+    how = "GKD divergence" if cfg.method == "token" else "SFT"
+    about = (f"A student distilled from `{cfg.teacher}` ({how} on the teacher's answers, {results['steps']} optimizer "
+             f"steps). Held-out KL(teacher||student) {results['kl_before']:.4f} -> {results['kl_after']:.4f} "
+             "nats/token.")  # fmt: skip
+    distilled = json.loads(report.read_text()) if report.exists() else None
+    write_model_card(out, cfg, "distill", results, about, distill=distilled)
 
 
 def distill(cfg: DistillArgs) -> dict[str, Any]:
@@ -285,17 +306,18 @@ def distill(cfg: DistillArgs) -> dict[str, Any]:
 
     before = divergence(student, teacher, tokenizer, eval_p, eval_a)
     append_metrics(out, {"split": "eval", "step": 0, "kl": before["kl"], "top1_agreement": before["top1_agreement"]})
-    history = train_student(cfg, student, teacher, tokenizer, train_p, train_a)
+    history, steps = train_student(cfg, student, teacher, tokenizer, train_p, train_a)
     after = divergence(student, teacher, tokenizer, eval_p, eval_a)
     student.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    results = _results(cfg, before, after, history, len(train_p), len(eval_p))
+    results = _results(cfg, before, after, steps, len(train_p), len(eval_p))
     write_eval(out, results)  # eval.json + a `split: eval` line in metrics.jsonl
     print(
         f"[distill] held-out KL(teacher||student) {before['kl']:.4f} -> {after['kl']:.4f} nats/token; top-1 "
         f"agreement {before['top1_agreement']:.3f} -> {after['top1_agreement']:.3f}; student saved to {out}"
     )
     _trim_and_report(cfg, out, teacher, student, tokenizer, (train_p, train_a), (eval_p, eval_a))
+    _write_card(cfg, out, results)
     return {**results, "train_loss": [{"step": h["step"], "loss": h["loss"]} for h in history]}
 
 

@@ -186,10 +186,15 @@ class DPORun(TrainerRun):
         return implicit_margin(self.trainer)
 
     def results(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        from annotate.audit_stats import wilson  # scipy: not for `--help`
+
         results = {f"eval_{k}": v for k, v in after.items()}
         results.update({f"eval_{k}_before": v for k, v in before.items()})
         results.update({f"train_{k}": v for k, v in self.info["train"].items()})
-        results["eval_pairs"] = self.info["test"]["pairs"]
+        results["eval_pairs"] = n = self.info["test"]["pairs"]
+        # A share of a few pairs says little on its own ("0.250 on 7 pairs"): its Wilson 95% interval goes with it.
+        # TRL averages the accuracy per eval batch, so acc * n is the count of pairs exactly when batches are equal.
+        results["eval_accuracy_ci95"] = list(wilson(round(after["accuracy"] * n), n)) if n else None
         results["label_trust"] = self.info["label_trust"]
         return results
 
@@ -200,9 +205,12 @@ class DPORun(TrainerRun):
         return f"A policy trained with DPO (loss `{cfg.loss_type}`, {shown})."
 
     def summary(self, results: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> str:
+        ci = results.get("eval_accuracy_ci95")
+        ci = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
         return (
             f"[dpo] held-out implicit reward margin {before['margin']:.4f} -> {after['margin']:.4f}, "
-            f"accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f} on {results['eval_pairs']} pairs"
+            f"accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}{ci} on {results['eval_pairs']} pairs, "
+            f"after {results.get('steps', '?')} optimizer steps"
         )
 
 

@@ -297,7 +297,7 @@ def train(cfg: GRPOArgs, task: dict[str, Any] | None = None) -> dict[str, Any]:
     counts = {"heldout_prompts": len(held), "heldout_checkable": sum(v is not None for _, v in held),
               "train_prompts": len(keep), "train_checkable": sum(v is not None for v in specs)}  # fmt: skip
     before = {f"{k}_before": v for k, v in before.items() if k != "kl"}  # the policy is the reference: KL 0
-    speed = {"completions_per_s": done / runtime, "train_s": runtime}
+    speed = {"completions_per_s": done / runtime, "train_s": runtime, "steps": trainer.state.global_step}
     rm_record = objective_record(reward) if reward is not None else {}  # the heads' weights a multi-head RM scored by
     return before | after | {"length_change": after["length"] - before["length_before"]} | counts | speed | rm_record
 

@@ -217,7 +217,14 @@ def build_report(recipe: dict[str, Any], out: Path, train: str, test: str | None
                             **length_rules(reward)}  # fmt: skip
     dpo = _read(out / "dpo" / "eval.json")
     if dpo:
-        report["dpo"] = {"implicit_reward_accuracy": dpo.get("eval_accuracy"), "margin": dpo.get("eval_margin")}
+        acc, n = dpo.get("eval_accuracy"), int(dpo.get("eval_pairs") or 0)
+        ci = wilson(round(acc * n), n) if acc is not None else (None, None)  # a few pairs: the interval says how few
+        report["dpo"] = {
+            "implicit_reward_accuracy": acc,
+            "ci95": list(ci),
+            "pairs": n,
+            "margin": dpo.get("eval_margin"),
+        }
     report["policies"] = {}
     for policy in POLICIES:
         ev, run_eval = _read(out / f"evaluate-{policy}" / "eval.json"), _read(out / policy / "eval.json")
@@ -256,8 +263,10 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         if r.get("ruler_verdict"):
             lines += ["", f"Length ruler: {r['ruler_verdict']}"]
     if report.get("dpo"):
-        dpo_acc = _fmt(report["dpo"]["implicit_reward_accuracy"])
-        lines += ["", f"DPO implicit-reward accuracy on held-out pairs: {dpo_acc}"]
+        d = report["dpo"]
+        ci = f"95% CI {_fmt(d['ci95'][0])}-{_fmt(d['ci95'][1])}, " if d.get("ci95") else ""
+        lines += ["", f"DPO implicit-reward accuracy on held-out pairs: {_fmt(d['implicit_reward_accuracy'])} "
+                  f"({ci}{d.get('pairs', '?')} pairs)"]  # fmt: skip
     if report["policies"]:
         lines += ["", "## Policies against the starting model (judged by the reward model)", "",
                   "| policy | win rate | length-controlled | length-matched | length change (tokens) | KL (nats) |",

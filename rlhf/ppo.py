@@ -498,7 +498,10 @@ def train(cfg: PPOArgs, out_dir: Path) -> dict[str, Any]:
     speed = {"rollouts_per_s": steps * B / rollout_s, "rollout_s": rollout_s, "update_s": update_s}
     if accelerator.is_main_process:
         print(f"[ppo] {speed['rollouts_per_s']:.2f} rollouts/s; rollouts {rollout_s:.0f} s, updates {update_s:.0f} s")
-    return results | speed | {"steps": steps, "heldout_prompts": len(test_q), "final_kl_coef": kl_ctl.value}
+    # steps: rollout-and-update iterations; each takes num_ppo_epochs x minibatches optimizer steps (ppo_update)
+    updates = steps * cfg.num_ppo_epochs * min(cfg.num_mini_batches, B)
+    return results | speed | {"steps": steps, "optimizer_steps": updates, "heldout_prompts": len(test_q),
+                              "final_kl_coef": kl_ctl.value}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,7 +107,7 @@ def train(cfg: RLOOArgs) -> dict[str, Any]:
     done = trainer.state.global_step * per_step * trainer.accelerator.num_processes
     speed = {"completions_per_s": done / runtime, "train_s": runtime}
     print(f"[rloo] {speed['completions_per_s']:.2f} completions/s including updates ({runtime:.0f} s)")
-    scored = {"heldout_prompts": len(test_q)} | objective_record(reward)
+    scored = {"heldout_prompts": len(test_q), "steps": trainer.state.global_step} | objective_record(reward)
     return {f"{k}_before": v for k, v in before.items()} | after | speed | scored
 
 

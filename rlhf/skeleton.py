@@ -10,7 +10,8 @@
                 position in the data all come back, so the loss curve continues as if never stopped
     measure     the same figures after training
     save        the model into the run directory
-    report      eval.json (and its line in metrics.jsonl), the model card, a summary line
+    report      eval.json (and its line in metrics.jsonl) with the optimizer steps taken, the model card, a summary
+                line
 
 A command subclasses TrainerRun with what it does differently (build, results, about, summary; measure and save
 where needed) and keeps it in its own module.
@@ -83,7 +84,8 @@ class TrainerRun:
         self.trainer.train(resume_from_checkpoint=resume_checkpoint(self.cfg))
         after = self.measure()
         self.save(out)
-        results = self.results(before, after)
+        # What the optimizer did, not what was planned (--max-steps, an epoch's count, a resumed run's total).
+        results = self.results(before, after) | {"steps": self.trainer.state.global_step}
         write_eval(out, results)
         write_model_card(out, self.cfg, self.command, results, self.about())
         print(self.summary(results, before, after))

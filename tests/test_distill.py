@@ -119,6 +119,21 @@ def test_sequence_distillation_from_a_given_student(models, tmp_path):
     assert not (out / "distill_report.json").exists()
 
 
+def test_the_run_writes_its_model_card_with_the_steps_it_took(models, tmp_path):
+    """3 steps logged every 10: the trainer logged no loss, yet eval.json and the card say 3 steps (not 0)."""
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "carded"
+    res = distill(_cfg(models, out, max_steps=3, logging_steps=10, report=False, max_new_tokens=4))
+    assert res["steps"] == 3 and res["train_loss"] == []
+    assert json.loads((out / "eval.json").read_text())["steps"] == 3
+    card = ModelCard.load(out / "README.md")
+    assert "distill" in card.data.tags and card.data.pipeline_tag == "text-generation"
+    body = card.text
+    assert "- **Training:** 3 optimizer steps" in body and "A student distilled from" in body
+    assert "## Distillation" in body and "--report false" in body and "kl_after" in body
+
+
 def test_bad_input_is_reported(models, tmp_path):
     with pytest.raises(UsageError, match="exactly one of"):
         distill(_cfg(models, tmp_path / "x", student=models["teacher"], student_layers=2))

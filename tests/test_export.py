@@ -142,13 +142,44 @@ def test_store_without_usable_votes_exports_empty_files_with_the_columns(tmp_pat
     store.append(vote(1, 0, 1, "tie", None))
     store.append(vote(1, 0, 1, "both_bad", None))
     store.close()  # sealed: export reads sealed store versions
-    s = export(str(tmp_path / "s"), tmp_path / "e.parquet", test_fraction=0.5)
+    s = export(str(tmp_path / "s"), tmp_path / "e.parquet", test_fraction=0.5, allow_empty=True)
     assert (s["records"], s["votes"], s["rows"]) == (2, 0, 0)
     for f in s["files"]:
         t = pq.read_table(f)
         assert t.num_rows == 0 and {"prompt", "chosen", "rejected", "margin", "n_votes", "agreement"} <= set(
             t.schema.names
         )
+
+
+def test_an_export_with_no_pairs_exits_2_in_one_line_and_writes_nothing(tmp_path, capsys):
+    from annotate.__main__ import main as cli
+
+    with ComparisonStore(tmp_path / "s") as store:  # a tie, a skip, and a 1-1 split: no pair has a preference
+        store.append_many([vote(1, 0, 1, "tie", None), vote(1, 0, 1, "skip", None), vote(2, 0, 1, "a", 2, who="u"),
+                           vote(2, 0, 1, "b", 2, who="v")])  # fmt: skip
+    args = ["export", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "e.parquet")]
+    assert cli(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert "no preference pairs to export" in err and "4 records, 2 usable a/b votes" in err
+    assert "1 pairs without a majority" in err and "--allow-empty" in err
+    assert not list(tmp_path.glob("e*"))
+    assert cli([*args, "--test-fraction", "0.2"]) == 2 and not list(tmp_path.glob("e*"))
+    assert cli([*args, "--allow-empty"]) == 0 and pq.read_table(tmp_path / "e.parquet").num_rows == 0
+
+
+def test_an_export_whose_only_prompt_is_held_out_exits_2(tmp_path, capsys):
+    """One prompt under a split can land on the held-out side, leaving nothing to train on: refused, not written."""
+    from annotate.__main__ import main as cli
+
+    with ComparisonStore(tmp_path / "s") as store:
+        store.append(vote(1, 0, 1, "a", 2))
+    seed = next(s for s in range(100) if split_score([{"role": "user", "content": "question 1"}], s) < 0.5)
+    args = ["export", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "e.parquet"), "--test-fraction", "0.5"]
+    assert cli([*args, "--seed", str(seed)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no pairs to train on" in err and "--test-fraction" in err
+    assert not list(tmp_path.glob("e*"))
 
 
 def _hh_export(tmp_path) -> tuple[list[dict], Path]:

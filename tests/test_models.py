@@ -61,3 +61,12 @@ def test_two_processes_resolving_the_default_model_at_once_both_get_it(tmp_path)
     assert json.loads((ckpt / "config.json").read_text())["model_type"] == "llama"
     leftovers = [p.name for p in cache.iterdir() if p.name != ckpt.name and not p.name.endswith(".lock")]
     assert leftovers == []  # no temporary conversion folder left behind
+
+
+def test_test_model_hook_stands_in_for_default(tmp_path, monkeypatch):
+    """PREFKIT_TEST_MODEL (tests/test_readme.py) makes "default" a given folder, checked without the wheel."""
+    from rlhf.models import TEST_MODEL_ENV, check_model, resolve_model
+
+    monkeypatch.setenv(TEST_MODEL_ENV, str(tmp_path))
+    assert resolve_model("default") == resolve_model(None) == str(tmp_path)
+    check_model("default", "--model")  # no error, nothing converted

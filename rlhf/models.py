@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,6 +146,10 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str:
     None / "default" / the SmolLM2 Hub id (when offline) -> the bundled checkpoint; an existing directory ->
     itself; anything else is passed through as a Hub id.
     """
+    # rlhf/train.py's CPU-thread notice, shown when the first model loads: after preflight, so a mistake stays the
+    # one line it reports.
+    if notice := os.environ.pop("PREFKIT_THREADS_NOTICE", None):
+        print(notice, file=sys.stderr, flush=True)
     if name_or_path is None or str(name_or_path) in (DEFAULT_MODEL, ""):
         return str(default_checkpoint())
     p = Path(name_or_path).expanduser()

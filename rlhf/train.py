@@ -95,9 +95,9 @@ if __name__ == "__main__":
         if "OMP_NUM_THREADS" not in os.environ and sys.argv[1:2] != ["pipeline"]:
             n, cores = cpu_threads(), len(os.sched_getaffinity(0))
             os.environ["OMP_NUM_THREADS"] = str(n)
-            if n < cores:
-                print(f"[threads] {n} of {cores} CPU threads: other work is running (load {os.getloadavg()[0]:.1f}); "
-                      "set OMP_NUM_THREADS to choose", file=sys.stderr)  # fmt: skip
+            if n < cores:  # printed when the first model loads (rlhf.models.resolve_model), not before a mistake
+                os.environ["PREFKIT_THREADS_NOTICE"] = (f"[threads] {n} of {cores} CPU threads: other work is running "
+                    f"(load {os.getloadavg()[0]:.1f}); set OMP_NUM_THREADS to choose")  # fmt: skip
         os.execv(sys.executable, [sys.executable, *sys.argv])
     code = main()
     # Skip the interpreter's teardown: Arrow's background threads can abort the process after all work is done

@@ -187,3 +187,14 @@ def test_cpu_threads_leave_the_busy_cores_alone():
     assert cpu_threads(cores=2, load=6.5) == 1  # overloaded: still one
     assert cpu_threads(cores=16, load=3.0) == 13
     assert 1 <= cpu_threads() <= len(__import__("os").sched_getaffinity(0))
+
+
+def test_the_threads_notice_waits_for_the_first_model(tmp_path, monkeypatch, capsys):
+    """The notice rlhf/train.py leaves for a busy machine is printed when the first model loads, once: a mistake
+    caught before that (rlhf/preflight.py) stays a single line."""
+    from rlhf.models import resolve_model
+
+    monkeypatch.setenv("PREFKIT_THREADS_NOTICE", "[threads] 1 of 2 CPU threads")
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+    resolve_model(str(tmp_path))
+    assert capsys.readouterr().err.count("[threads] 1 of 2 CPU threads") == 1

@@ -162,6 +162,22 @@ def trl_args(cfg: BaseArgs, trl_config_cls: type, default_lr: float | None = Non
     return trl_config_cls(**{k: v for k, v in kw.items() if k not in excluded})
 
 
+def online_trl_args(cfg: Any, trl_config_cls: type) -> Any:
+    """TRL's config for its online trainers (RLOOTrainer, GRPOTrainer): our flags mapped to their common fields, at
+    TRL's own default learning rate for both (1e-6)."""
+    return trl_args(
+        cfg,
+        trl_config_cls,
+        default_lr=1e-6,
+        beta=cfg.kl_coef,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.response_length,
+        temperature=cfg.temperature,
+        disable_dropout=True,
+        log_completions=False,
+    )
+
+
 def _trl_version() -> str:
     from importlib.metadata import version
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from rlhf.common import BaseArgs, metrics_callback, start_run, trl_args, use_cuda, write_eval, write_model_card
+from rlhf.common import BaseArgs, metrics_callback, online_trl_args, start_run, use_cuda, write_eval, write_model_card
 from rlhf.config import parse_config
 from rlhf.reward_heads import ObjectiveArgs, objective_record
 
@@ -79,17 +79,7 @@ class GRPOArgs(ObjectiveArgs, BaseArgs):
 def _trl_config(cfg: GRPOArgs):
     from trl import GRPOConfig
 
-    return trl_args(
-        cfg,
-        GRPOConfig,
-        default_lr=1e-6,  # TRL's GRPO default
-        beta=cfg.kl_coef,
-        num_generations=cfg.num_generations,
-        max_completion_length=cfg.response_length,
-        temperature=cfg.temperature,
-        disable_dropout=True,
-        log_completions=False,
-    )
+    return online_trl_args(cfg, GRPOConfig)
 
 
 # -- the reward ------------------------------------------------------------------------------------------------------

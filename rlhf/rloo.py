@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from rlhf.common import BaseArgs, finish_rl_run, metrics_callback, start_run, trl_args, use_cuda
+from rlhf.common import BaseArgs, finish_rl_run, metrics_callback, online_trl_args, start_run, use_cuda
 from rlhf.config import parse_config
 from rlhf.preflight import preflight
 from rlhf.reward_heads import ObjectiveArgs, objective_record
@@ -42,17 +42,7 @@ class RLOOArgs(ObjectiveArgs, BaseArgs):
 def _trl_config(cfg: RLOOArgs):
     from trl import RLOOConfig
 
-    return trl_args(
-        cfg,
-        RLOOConfig,
-        default_lr=1e-6,  # TRL's RLOO default
-        beta=cfg.kl_coef,
-        num_generations=cfg.num_generations,
-        max_completion_length=cfg.response_length,
-        temperature=cfg.temperature,
-        disable_dropout=True,
-        log_completions=False,
-    )
+    return online_trl_args(cfg, RLOOConfig)
 
 
 def train(cfg: RLOOArgs) -> dict[str, Any]:

@@ -57,6 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat-rate", type=float, default=0.0, help="share of serves re-showing a judged pair swapped")
     p.add_argument("--honeypot-rate", type=float, default=0.0, help="share of serves showing a response vs itself")
     p.add_argument("--seed", type=int, help="sampler seed (reproducible serving order)")
+    # Annotator checks (annotate/qualify.py), all off by default.
+    p.add_argument(
+        "--qualify", type=int, default=0, metavar="N",
+        help="a new annotator first judges N gold pairs, with the right answer and why after each; their votes "
+        "count once they pass, and one who fails is served nothing more",
+    )  # fmt: skip
+    p.add_argument("--qualify-min", type=float, default=0.8, metavar="ACC",
+                   help="share of the --qualify pairs to get right to pass (default 0.8)")  # fmt: skip
+    p.add_argument(
+        "--live-checks", action="store_true",
+        help="a sequential test on honeypots, swapped repeats and gold pairs pauses an annotator who looks like "
+        "a random voter, for an admin to review (give --honeypot-rate, --repeat-rate or --gold-share)",
+    )  # fmt: skip
+    p.add_argument("--daily-cap", type=int, default=0, metavar="N", help="at most N pairs per annotator per UTC day")
+    p.add_argument("--too-fast", type=float, default=0.0, metavar="SECONDS",
+                   help="count votes decided faster than this; flag annotators for whom that is the rule")  # fmt: skip
     p.add_argument("--guidelines", help="Markdown file replacing the default guidelines")
     p.add_argument("--concurrency", type=int, default=32, help="handlers running at once (threads)")
     return p
@@ -108,11 +124,13 @@ def main(argv: list[str] | None = None) -> int:
             from annotate.active import judge_strategy
 
             strategy, votes = judge_strategy(store.read())
+        records = store.read()
         sampler = PairSampler(
             pool, strategy=strategy, overlap=args.overlap, gold_share=args.gold_share,
             repeat_rate=args.repeat_rate, honeypot_rate=args.honeypot_rate, seed=args.seed,
-            votes=store.read() if votes is None else votes,
+            votes=records if votes is None else votes,
         )  # fmt: skip
+        gate = _gate(args, pool, store, sampler, records)
         auth = Authenticator(args.users, session_hours=args.session_hours) if args.users else None
     except (SchemaError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -122,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()  # the pool's start-up objects live for good: later collections need not rescan them
     exports = ExportRegistry()  # snapshots for the admin who asked, at an unguessable URL, once
     config = AppConfig(
-        auth=auth, admin_without_login=args.demo_admin, publish_export=exports.publish, replicas=follower
+        auth=auth, admin_without_login=args.demo_admin, publish_export=exports.publish, replicas=follower, gate=gate
     )
     if args.guidelines:
         config.guidelines = Path(args.guidelines).read_text(encoding="utf-8")
@@ -195,6 +213,27 @@ def _active_strategy(pool, model_dir: str, refresh_s: float, objective: str | No
     if refresh_s > 0:
         strategy.watch(refresh_s)
     return strategy
+
+
+def _gate(args: argparse.Namespace, pool, store, sampler, records):
+    """The annotator checks the flags ask for (annotate.qualify), replayed from the store; None when none is on.
+    Started before the replica follower, so every record from then on reaches it once."""
+    from annotate.qualify import AnnotatorGate, CheckConfig, gold_reasons
+
+    config = CheckConfig(qualify_n=args.qualify, qualify_min=args.qualify_min, live=args.live_checks,
+                         daily_cap=args.daily_cap, too_fast_s=args.too_fast)  # fmt: skip
+    if not config.enabled:
+        return None
+    if args.qualify > len(sampler.gold_pairs):
+        raise ValueError(f"--qualify {args.qualify}: the pool has only {len(sampler.gold_pairs)} gold pairs "
+                         "(two responses of a prompt with different meta.gold_score)")  # fmt: skip
+    if args.live_checks and not (args.gold_share or args.repeat_rate or args.honeypot_rate):
+        print("warning: --live-checks has nothing to check without --gold-share, --repeat-rate or --honeypot-rate",
+              file=sys.stderr)  # fmt: skip
+    gate = AnnotatorGate(config, sampler.gold, gold_reasons(pool), store.root)
+    gate.load(records)
+    sampler.subscribe(gate.observe)
+    return gate
 
 
 def _interrupt(signum, frame) -> None:

@@ -53,13 +53,14 @@ def _from_pool(pool: Path | None, store: str) -> tuple[dict, dict]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from annotate.annotator_status import annotator_status, summary_line
     from annotate.audit import run_audit
     from annotate.audit_reliability import RELIABILITY_THRESHOLD
     from annotate.audit_report import findings, write_html, write_json
     from annotate.audit_types import StoreRef
     from annotate.errors import UsageError
     from annotate.schema import SchemaError
-    from annotate.store import snapshot
+    from annotate.store import parse_store_spec, snapshot
 
     if args.n_boot < 0:
         raise UsageError(f"--n-boot: must be >= 0, got {args.n_boot}")
@@ -79,6 +80,8 @@ def main(args: argparse.Namespace) -> int:
     audit = dataclasses.replace(audit, store=StoreRef(store=info["store"], version=info["version"], rows=info["rows"]))
     for line in findings(audit):
         print(f"- {line}")
+    if held := summary_line(annotator_status(parse_store_spec(str(args.store))[0])):  # the app's checks' marks
+        print(f"- {held.capitalize()}.")
     if args.report:
         print(f"report: {write_html(audit, args.report)}")
     if args.json:

@@ -26,6 +26,11 @@ pick chosen by their own p_chosen and may reverse a majority: agreement and marg
 exported chosen response (below 0.5 / negative on a reversed pair, which `--min-agreement` above 0.5 then drops);
 `against_majority` counts such pairs. A pair with p_chosen exactly 0.5 is dropped, counted as without a majority.
 
+Annotator checks (the app's --qualify and --live-checks: annotate.qualify, annotate.annotator_status): the votes of
+annotators who failed qualification or were paused, and the qualification votes of annotators who have not passed,
+are left out by default (`held_out` counts them; `--include-held` keeps them). Their status is read from the store's
+`_prefkit/annotators.jsonl` as it is now, also for an older `DIR@VERSION`.
+
 Everything is vectorised (Arrow + NumPy): 1M comparisons export in seconds. The train/test split is by prompt,
 so no prompt is in both, and it is annotate.split's: the prompts held out here are the ones reward, DPO and PPO
 hold out of the same data with the same --seed and fraction (about, not exactly, that fraction of the prompts).
@@ -306,14 +311,17 @@ def export(
     verifiers: bool = True,
     method: str = "majority",
     allow_empty: bool = False,
+    include_held: bool = False,
 ) -> dict:
     """Export a store (path, DIR@VERSION or URL); returns counts, the store version read (`store_version`,
     None when the store has no versions) and the files written. `live`: also votes not yet sealed into a version.
     `pool`: the pool whose verifiers set criterion_correct (default: the store's own pools); `verifiers=False`: none.
     `method`: how votes become one label per pair (--aggregate; see the module doc). No pair to export, or none left
     to train on after the split, raises SchemaError before anything is written, unless `allow_empty`: an empty file
-    would only fail later, in a training run far from its cause.
+    would only fail later, in a training run far from its cause. `include_held`: keep the votes of annotators held by
+    the app's checks (see the module doc).
     """
+    from annotate.annotator_status import trainable_votes
     from annotate.store import snapshot
 
     out = Path(out)
@@ -322,7 +330,9 @@ def export(
     check_outputs(files)
     checks = criteria.load_verifiers(str(store), pool) if verifiers else {}  # a bad pool fails before any reading
     table, info = snapshot(str(store), live=live)
-    votes = usable_votes(table)
+    votes, held = usable_votes(table), 0
+    if not include_held:
+        votes, held = trainable_votes(votes, store)
     stats = {
         "store": str(info["store"]),
         "store_version": info.get("version"),
@@ -330,6 +340,7 @@ def export(
         "unsealed": info.get("unsealed", 0),
         "records": table.num_rows,
         "votes": votes.num_rows,
+        "held_out": held,
     }
     if raw:
         rows = raw_rows(votes)
@@ -406,6 +417,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run no verifier: criterion_correct holds the annotators' picks alone",
     )  # fmt: skip
     parser.add_argument(
+        "--include-held", action="store_true",
+        help="keep the votes of annotators who failed the app's qualification or were paused by its live checks, "
+        "and unpassed qualification votes (default: left out)",
+    )  # fmt: skip
+    parser.add_argument(
         "--allow-empty", action="store_true",
         help="write the files even when no pair is left to export (default: exit 2 naming why)",
     )  # fmt: skip
@@ -424,11 +440,14 @@ def main(args: argparse.Namespace) -> int:
         verifiers=args.verifiers,
         method=args.aggregate,
         allow_empty=args.allow_empty,
+        include_held=args.include_held,
     )
     dropped = "" if args.raw else f", {s['no_majority']} pairs without a majority dropped"
     if s.get("against_majority"):
         dropped += f", {s['against_majority']} labelled against the majority vote ({args.aggregate})"
     low = f", {s['below_min_agreement']} below --min-agreement" if s.get("below_min_agreement") else ""
+    if s["held_out"]:
+        low += f", {s['held_out']} votes of held or unqualified annotators left out (--include-held keeps them)"
     line = f"store {store_label(s)}: {s['records']} records, {s['votes']} usable votes -> {s['rows']} rows"
     print(f"{line}{dropped}{low}", file=sys.stderr)
     if s["verifier_labels"]:

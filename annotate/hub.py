@@ -225,6 +225,7 @@ def build_dataset_folder(args: argparse.Namespace, folder: Path) -> dict[str, An
     """Parquet shards (comparisons + aggregated preferences) and README.md for a store; returns the counts."""
     import pyarrow.compute as pc
 
+    from annotate.annotator_status import trainable_votes
     from annotate.cards import dataset_card
     from annotate.export import aggregate, usable_votes
     from annotate.provenance import Provenance, origin_of_name
@@ -241,7 +242,9 @@ def build_dataset_folder(args: argparse.Namespace, folder: Path) -> dict[str, An
     if not args.keep_annotator_ids:  # login ids may be names or e-mails: publish stable pseudonyms
         names = prov.private_names()
         votes, audited = _pseudonymised(votes, names, kept), _pseudonymised(raw, names, kept)  # the audit too
-    prefs, agg_counts = aggregate(usable_votes(raw))
+    # As export does: votes of annotators the app's checks hold (annotate.qualify) do not train anyone.
+    trainable, _ = trainable_votes(usable_votes(raw), args.store)
+    prefs, agg_counts = aggregate(trainable)
     votes = hub_friendly(votes)
     write_shards(votes, folder, "comparisons", "train", args.shard_rows)
     write_shards(prefs, folder, "preferences", "train", args.shard_rows)

@@ -50,13 +50,13 @@ class ReplicaFollower:
         note = {"annotator": annotator, "prompt_id": pair.prompt_id, "a": pair.a.response_id, "b": pair.b.response_id}
         os.write(self._fd, (json.dumps(note, ensure_ascii=False) + "\n").encode())
 
-    def next_pair(self, annotator: str) -> Pair | None:
+    def next_pair(self, annotator: str, gold_only: bool = False) -> Pair | None:
         """Serve `annotator` on the latest state of every process, one process at a time."""
         with self._serve_lock:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 self.poll_once()
-                pair = self.sampler.next_pair(annotator)
+                pair = self.sampler.next_pair(annotator, gold_only)
                 if pair is not None:
                     self.announce(annotator, pair)
                 return pair

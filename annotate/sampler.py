@@ -33,7 +33,7 @@ from __future__ import annotations
 import gc
 import random
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -66,7 +66,7 @@ class Pair:
     a: Candidate
     b: Candidate
     left: str  # "a" or "b"
-    kind: str = "normal"  # normal | gold | repeat | honeypot
+    kind: str = "normal"  # normal | gold | repeat | honeypot | qualify (a gold pair served for qualification)
     gold: str | None = None  # the known better side ("a"/"b") for gold pairs
 
     @property
@@ -142,6 +142,7 @@ class PairSampler(Ledger):
         self.repeat_rate, self.honeypot_rate = repeat_rate, honeypot_rate
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
+        self._subscribers: list[Callable[[dict], None]] = []
         with _gc_paused():
             self._build_pairs(pool)
             Ledger.__init__(self, overlap)
@@ -229,11 +230,20 @@ class PairSampler(Ledger):
         with self._lock:
             return [i for i, t in self._tally.items() if any(t.values())]
 
-    def next_pair(self, annotator: str) -> Pair | None:
-        """The next pair to show `annotator`, or None when nothing is left for them."""
+    def next_pair(self, annotator: str, gold_only: bool = False) -> Pair | None:
+        """The next pair to show `annotator`, or None when nothing is left for them. `gold_only`: a gold pair they
+        have not seen, of kind "qualify" (annotate.qualify), or None when none is left."""
         with self._lock:
             ann = self._annotator(annotator)
             self._release_pending(ann)
+            if gold_only:
+                if ann.counts[1] >= len(self.gold_pairs):
+                    return None
+                i = pick_unseen(self.gold_pairs, ann.seen, self._rng)
+                if i is None:
+                    return None
+                self._serve(ann, i)
+                return self._make(i, self._rng.choice("ab"), "qualify")
             roll = self._rng.random()
             if roll < self.honeypot_rate:
                 return self._honeypot()
@@ -277,13 +287,33 @@ class PairSampler(Ledger):
             if not rec.get("retracts") and ann is not None and ann.pending is not None:
                 if ann.pending == self.pair_index(rec["prompt_id"], rec["response_a_id"], rec["response_b_id"]):
                     self._release_pending(ann)  # even when a store tail applied it first
-            return applied
+        if applied:
+            self._notify(rec)
+        return applied
 
     def apply(self, rec: dict) -> bool:
         """Account for a record written by another process (or replayed): idempotent by comparison_id, so it
         returns False and changes nothing if that vote or retraction was already accounted for."""
         with self._lock:
-            return self._apply(rec)
+            applied = self._apply(rec)
+        if applied:
+            self._notify(rec)
+        return applied
+
+    def subscribe(self, fn: Callable[[dict], None]) -> None:
+        """Call `fn(record)` for every new record accounted for from now on by record() or apply() (each once; not
+        for load_votes: a subscriber replays the store itself). Called outside the sampler's lock."""
+        self._subscribers.append(fn)
+
+    def _notify(self, rec: dict) -> None:
+        for fn in self._subscribers:
+            fn(rec)
+
+    def release(self, annotator: str) -> None:
+        """The annotator's in-flight pair is no longer shown (they are served nothing more for now)."""
+        with self._lock:
+            if (ann := self._ann.get(annotator)) is not None:
+                self._release_pending(ann)
 
     def hold(self, annotator: str, pair: Pair) -> None:
         """Mark a pair as being shown again (after an undo) so it counts as in flight. The annotator's previous

@@ -22,12 +22,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from annotate.annotator_status import QUALIFY_PREFIX
 from annotate.render import render_conversation, render_inline, render_markdown, response_card
 from annotate.sampler import Pair, PairSampler
 from annotate.schema import CRITERIA, FLAGS, STRENGTHS, new_comparison
 from annotate.store import ComparisonStore, StoreWriteError
 
 if TYPE_CHECKING:
+    from annotate.qualify import AnnotatorGate
     from annotate.replicas import ReplicaFollower
 
 STRENGTH_BY_NAME = {name: value for value, name in STRENGTHS.items()}
@@ -103,7 +105,9 @@ class View:
 
 class AnnotationService:
     """The annotation actions. With `replicas` (annotate.replicas.ReplicaFollower) serves go through it, so that
-    several processes on one store serve on one shared state."""
+    several processes on one store serve on one shared state. With `gate` (annotate.qualify.AnnotatorGate, started
+    on the sampler) new annotators qualify first, held or capped annotators are served nothing and say why, and
+    qualification answers get feedback and cannot be undone or changed."""
 
     def __init__(
         self,
@@ -112,10 +116,12 @@ class AnnotationService:
         *,
         max_rationale: int = MAX_RATIONALE,
         replicas: ReplicaFollower | None = None,
+        gate: AnnotatorGate | None = None,
     ):
         self.store, self.sampler = store, sampler
         self.max_rationale = max_rationale
         self.replicas = replicas
+        self.gate = gate
         self._shown: dict[str, str] = {}  # session_id -> token of the pair it shows: the server's truth
         # Striped locks: one per session (events of one tab run one at a time) and one per annotator (the
         # standing-vote check and the append happen together). Always session first, then annotator.
@@ -149,7 +155,22 @@ class AnnotationService:
             return self._show(state, annotator, self._next(annotator))
 
     def _next(self, annotator: str) -> Pair | None:
-        return self.replicas.next_pair(annotator) if self.replicas else self.sampler.next_pair(annotator)
+        source = self.replicas or self.sampler
+        if self.gate is None:
+            return source.next_pair(annotator)
+        if self.gate.blocked(annotator, self.sampler.progress(annotator)["done_today"]):
+            self.sampler.release(annotator)  # what they had on screen is no longer in flight
+            return None
+        return source.next_pair(annotator, self.gate.qualifying(annotator))
+
+    def _why_none(self, annotator: str) -> str | None:
+        """Why the gate served `annotator` nothing (failed, paused, daily cap, no gold pair left), or None."""
+        if self.gate is None:
+            return None
+        why = self.gate.blocked(annotator, self.sampler.progress(annotator)["done_today"])
+        if why is None and self.gate.qualifying(annotator):
+            why = "No qualification pairs are left for you in this pool; please tell an admin."
+        return why
 
     def _announce(self, annotator: str, pair: Pair) -> None:
         if self.replicas is not None:
@@ -163,6 +184,8 @@ class AnnotationService:
         self._shown[state.session_id] = state.token
         progress, history = self.progress_html(annotator), history_html(self.history_choices(annotator))
         if pair is None:
+            if why := self._why_none(annotator):  # said even after a saved vote: the annotator must know
+                return View("", "", "", progress, message + _note(why, "refused"), state.token, history)
             done = "Nothing left to judge for you in this pool. Thank you!"
             return View("", "", "", progress, message or f'<div class="note">{done}</div>', state.token, history)
         left, right = pair.shown
@@ -188,6 +211,8 @@ class AnnotationService:
         for r in self.sampler.recent(annotator, HISTORY_DEPTH):
             if r["pair"] < 0:
                 continue  # a honeypot (a response against itself) is an attention check, not a vote to revisit
+            if self.gate is not None and self.gate.is_qualification_vote(annotator, r["comparison_id"]):
+                continue  # qualification answers are final (their feedback showed the right one)
             when = r["created_at"].strftime("%H:%M:%S")
             out.append((f"{when} · pair {r['pair']} · {_shown_choice(r['choice'], r['left'])}", r["comparison_id"]))
         return out
@@ -215,8 +240,10 @@ class AnnotationService:
                     # Another tab or replica holds this annotator's vote on the pair: never two standing votes.
                     note = "Not saved: you already judged this pair (in another tab). Change it from History."
                     return self._show(state, annotator, self._next(annotator), _note(note, "refused"))
+                # A qualification answer is stored like any vote, marked by its session (annotate.qualify).
+                session = QUALIFY_PREFIX + state.session_id if pair.kind == "qualify" else state.session_id
                 rec = new_comparison(
-                    **_pair_fields(pair), annotator=annotator, session=state.session_id,
+                    **_pair_fields(pair), annotator=annotator, session=session,
                     decision_ms=int((time.monotonic() - state.shown_at) * 1000), **rec_fields,
                 )  # fmt: skip
                 records = [rec]
@@ -228,10 +255,29 @@ class AnnotationService:
                     raise NotSaved(_NOT_SAVED) from None
                 for r in records:
                     self.sampler.record(r)
-            state.history.append((rec["comparison_id"], pair))
-            del state.history[:-50]  # undo depth
-            message = _saved_message(rec, pair, changed=len(records) == 2)
+            if pair.kind == "qualify" and self.gate is not None:
+                message = self._feedback(annotator, rec, pair)  # not undoable: the feedback shows the answer
+            else:
+                state.history.append((rec["comparison_id"], pair))
+                del state.history[:-50]  # undo depth
+                message = _saved_message(rec, pair, changed=len(records) == 2)
+                if self.gate is not None and rec["choice"] != "skip" and self.gate.too_fast(rec["decision_ms"]):
+                    message += _note("That was very quick: please read both responses in full before deciding.")
             return self._show(state, annotator, self._next(annotator), message)
+
+    def _feedback(self, annotator: str, rec: dict, pair: Pair) -> str:
+        """After a qualification answer: right or not, the better response and why, and where they stand."""
+        picked = {"a": rec["response_a_id"], "b": rec["response_b_id"]}.get(rec["choice"])
+        lines = self.gate.feedback(pair.prompt_id, pair.a.response_id, pair.b.response_id, pair.left, picked)
+        kind = "saved" if lines[0].startswith("✓") else "refused"
+        body = _note(lines[0], kind) + "".join(_note(line) for line in lines[1:])
+        line = self.gate.qualification_line(annotator)
+        return body + (_note(line) if line else "")
+
+    def release(self, annotator: str, by: str) -> None:
+        """An admin lets a failed or paused annotator continue (annotate.qualify.AnnotatorGate.release)."""
+        if self.gate is None or not self.gate.release(annotator, by):
+            raise VoteError("that annotator is not held (failed, paused or still qualifying); nothing changed")
 
     def _validate(self, pair: Pair, choice, strength, criteria, rationale, flag) -> dict:
         if choice not in UI_CHOICES:
@@ -295,6 +341,8 @@ class AnnotationService:
         """Show the pair of one of the annotator's earlier votes again; the next vote on it replaces that vote."""
         with self._slock(state):
             self._bind(state, annotator)
+            if self.gate is not None and self.gate.is_qualification_vote(annotator, comparison_id):
+                raise VoteError("qualification answers are final; nothing to change")
             recent = self.sampler.recent(annotator, 1000)
             rec = next((r for r in recent if r["comparison_id"] == comparison_id and r["pair"] >= 0), None)
             if rec is None:
@@ -379,6 +427,15 @@ def dashboard_view(store: ComparisonStore, gold: dict | None = None, verifiers: 
     figures = dashboard_figures(summary)
     return {"findings": findings, "annotators": html_table(rows), "figures": figures, "verified": verified,
             "reliability": reliability, "judges": judges}  # fmt: skip
+
+
+def checks_html(gate: AnnotatorGate | None) -> str:
+    """The admin's table of annotator checks (annotate.qualify): held annotators first, every cell escaped."""
+    if gate is None:
+        return ""
+    rows = gate.rows()
+    head = "<h3>Annotator checks: qualification, live checks, too-fast votes (held annotators first)</h3>"
+    return head + (html_table(rows) if rows else '<p class="note">no annotator yet</p>')
 
 
 def html_table(rows: list[dict]) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 # At module level on purpose: Gradio passes gr.Request only to handlers whose annotation it can resolve.
 import gradio as gr
 
+from annotate.qualify import AnnotatorGate
 from annotate.render import RENDER_CSS, render_inline, render_markdown
 from annotate.replicas import ReplicaFollower
 from annotate.sampler import PairSampler
@@ -28,6 +29,7 @@ from annotate.session import (
     View,
     VoteError,
     check_name,
+    checks_html,
     dashboard_view,
 )
 from annotate.store import ComparisonStore
@@ -131,10 +133,12 @@ class AppConfig:
     # (admin user, table) -> URL of a private, short-lived download (annotate.web.ExportRegistry.publish)
     publish_export: Callable | None = None
     replicas: ReplicaFollower | None = None  # several app processes on one store (annotate.replicas)
+    gate: AnnotatorGate | None = None  # qualification and live checks (annotate.qualify), started on the sampler
 
 
 def make_service(config: AppConfig, store: ComparisonStore, sampler: PairSampler) -> AnnotationService:
-    return AnnotationService(store, sampler, max_rationale=config.max_rationale, replicas=config.replicas)
+    return AnnotationService(store, sampler, max_rationale=config.max_rationale, replicas=config.replicas,
+                             gate=config.gate)  # fmt: skip
 
 
 class Screen:
@@ -195,7 +199,7 @@ def _flags_history_and_hidden(sc: Screen) -> None:
     sc.flag_reason = gr.Textbox(visible=False)  # ... and the flag reason here
 
 
-def _admin_tabs(sc: Screen) -> None:
+def _admin_tabs(sc: Screen, config: AppConfig) -> None:
     """Export and Dashboard, hidden until on_admin_load shows them to an admin."""
     with gr.Tab("Export", visible=False) as sc.export_tab:
         gr.HTML("<p>A raw snapshot of every record (retractions included), as a private link that works "
@@ -205,6 +209,13 @@ def _admin_tabs(sc: Screen) -> None:
         sc.export_link = gr.HTML(elem_id="export-link")
     with gr.Tab("Dashboard", visible=False) as sc.dash_tab:
         sc.refresh = gr.Button("Refresh")
+        # Annotator checks (--qualify, --live-checks, ...): who is held, and a way to let them continue.
+        checking = config.gate is not None
+        sc.checks = gr.HTML(elem_id="annotator-checks", visible=checking)
+        with gr.Row(visible=checking):
+            sc.release_name = gr.Textbox(label="Annotator to let continue (failed or paused)", elem_id="release-name",
+                                         max_length=64)  # fmt: skip
+            sc.release_btn = gr.Button("Let them continue", elem_id="release", size="sm")
         sc.findings = gr.HTML(elem_id="findings")
         sc.by_annotator = gr.HTML(elem_id="annotators")
         with gr.Row():
@@ -231,7 +242,7 @@ def _layout(config: AppConfig) -> Screen:
             _flags_history_and_hidden(sc)
         with gr.Tab("Guidelines"):
             gr.HTML(render_markdown(config.guidelines))
-        _admin_tabs(sc)
+        _admin_tabs(sc, config)
     return sc
 
 
@@ -323,11 +334,21 @@ class Handlers:
         return {self.sc.export_link: f'<a href="{render_inline(url)}" download id="export-download">Download the '
                                      "snapshot (Parquet; works once, for 10 minutes)</a>"}  # fmt: skip
 
+    def on_release(self, name: str, request: gr.Request) -> dict:
+        if not self.is_admin(request):
+            raise gr.Error("only admins can release an annotator")
+        try:
+            self.service.release((name or "").strip(), getattr(request, "username", None) or "admin")
+        except VoteError as e:
+            raise gr.Error(str(e)) from None
+        return {self.sc.checks: checks_html(self.config.gate), self.sc.release_name: ""}
+
     def on_dashboard(self, request: gr.Request) -> dict:
         if not self.is_admin(request):
             raise gr.Error("only admins can see the dashboard")
         view = dashboard_view(self.store, self.sampler.gold, self.sampler.verifiers)
         upd = {self.sc.findings: view["findings"], self.sc.by_annotator: view["annotators"]}
+        upd[self.sc.checks] = checks_html(self.config.gate)
         upd.update({self.sc.plots[k]: fig for k, fig in view["figures"].items() if k in self.sc.plots})
         checked = view["figures"].get("verified")
         upd[self.sc.verified] = gr.update(value=view["verified"], visible=bool(view["verified"]))
@@ -360,7 +381,8 @@ def _wire(app: gr.Blocks, sc: Screen, h: Handlers, demo: bool) -> None:
     sc.reopen.click(h.on_reopen, [sc.history_pick, sc.name, sc.state], out, api_name="reopen", js=PICK_JS)
     sc.export_btn.click(h.on_export, None, [sc.export_link], api_visibility="private")
     dash_out = [sc.findings, sc.by_annotator, *sc.plots.values(), sc.verified, sc.verified_plot, sc.reliability,
-                sc.judges, sc.judges_plot]  # fmt: skip
+                sc.judges, sc.judges_plot, sc.checks]  # fmt: skip
+    sc.release_btn.click(h.on_release, [sc.release_name], [sc.checks, sc.release_name], api_visibility="private")
     sc.refresh.click(h.on_dashboard, None, dash_out, api_visibility="private")
     sc.dash_tab.select(h.on_dashboard, None, dash_out, api_visibility="private")
 

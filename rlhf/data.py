@@ -49,12 +49,16 @@ def _read_parquet(path: Path) -> list[dict]:
 def _read_store(path: str) -> list[dict]:
     """A comparison store ('DIR' or 'DIR@VERSION'): votes aggregated into pairs by the export's own functions, with
     criterion_correct decided by the verifiers of the store's pools where they can, as `annotate export` does."""
+    from annotate.annotator_status import trainable_votes
     from annotate.criteria import load_verifiers, with_verifier_labels
     from annotate.export import aggregate, usable_votes
     from annotate.store import snapshot
 
     table, info = snapshot(path)
-    pairs, counts = aggregate(usable_votes(table))
+    votes, held = trainable_votes(usable_votes(table), path)  # as export: votes the app's checks hold train no one
+    if held:
+        print(f"[data] {held} votes of annotators held by the app's checks (or not yet qualified) left out")
+    pairs, counts = aggregate(votes)
     pairs, verdicts = with_verifier_labels(pairs, load_verifiers(path))
     print(f"[data] {info['store']}@{info['version']}: {info['rows']} records -> {pairs.num_rows} pairs with a "
           f"majority ({counts['no_majority']} without, dropped; {verdicts['verified']} labelled `correct` by a "

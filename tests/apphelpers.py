@@ -39,6 +39,33 @@ def write_pool(path: Path, n_prompts: int = 12, n_cands: int = 3, nasty: bool = 
     return path
 
 
+def write_gold_pool(path: Path, n_prompts: int = 40, n_cands: int = 3) -> Path:
+    """A qualification pool (tests/test_qualify.py, test_app_qualify.py): every other prompt is gold (meta
+    gold_score and a note saying why). Quality: r0 best ("right answer"), r2 worst, on every prompt. The best
+    response is the shortest on two prompts in three and the longest on the third, as in real pools, where the
+    padded answer is often not the better one."""
+    rows = []
+    for p in range(n_prompts):
+        best_long = p % 3 == 2
+        for r in range(n_cands):
+            pad = (r if not best_long else n_cands - 1 - r) * 3
+            text = ("right answer" if r == 0 else "wrong answer" if r == n_cands - 1 else "so-so answer") + (
+                f" to question {p}." + " More words here." * pad
+            )
+            meta = {}
+            if p % 2 == 0:
+                meta = {"gold_score": -r, "note": ["correct and to the point", "half right", "wrong"][min(r, 2)]}
+            rows.append({"prompt_id": f"p{p}", "prompt": f"Question {p}?", "response_id": f"r{r}", "response": text,
+                         "source": f"m{r}", "meta": json.dumps(meta)})  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def answer_rank(text: str) -> int:
+    """The quality rank (0 best) of a write_gold_pool response, from its text as shown."""
+    return 0 if "right answer" in text else 1 if "so-so answer" in text else 2
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -257,9 +257,7 @@ def simulate_votes(
 def save_tiny_policy(out: Path, pool: Path) -> str:
     """A word-level tokenizer over the pool's words (ChatML template) and a tiny Llama around it, saved to `out`:
     the smoke test's starting policy and reward-model body (tests/fixtures.py builds the model)."""
-    from fixtures import CHAT_TEMPLATE, save_tiny_model
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from fixtures import save_tiny_model, word_tokenizer
 
     from annotate.pool import read_pool
 
@@ -267,17 +265,7 @@ def save_tiny_policy(out: Path, pool: Path) -> str:
     for row in read_pool(pool).to_pylist():
         texts += [m["content"] for m in row["prompt"]] + [row["response"]]
     words = sorted({w for t in texts for line in t.split("\n") for w in line.split(" ") if w})
-    specials = ["<|pad|>", "<|unk|>", "<|im_start|>", "<|im_end|>"]
-    ordered = dict.fromkeys(specials + ["\n", "user", "assistant", "system"] + words)  # unique, in order
-    vocab = {w: i for i, w in enumerate(ordered)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
-    # Newlines stay tokens, so the chat template's layout survives a round trip (as in tests/fixtures.py).
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.Split(" ", behavior="removed")]
-    )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", unk_token="<|unk|>",
-                                   bos_token="<|im_start|>", eos_token="<|im_end|>")  # fmt: skip
-    fast.chat_template = CHAT_TEMPLATE
+    fast = word_tokenizer(["\n", "user", "assistant", "system", *words])
     # Untied output layer: with tied embeddings a random model greedily repeats its last prompt token (a newline),
     # so every answer would decode empty and the measurement paths would go unexercised.
     return save_tiny_model(out, fast, layers=1, hidden=32, heads=2, tie_word_embeddings=False)

@@ -61,12 +61,18 @@ def arithmetic_tokenizer(max_number: int = 99) -> PreTrainedTokenizerBase:
 
     SmolLM2's 49k vocabulary would make a tiny model's logits dominate compute; this keeps tests in seconds.
     """
+    words = ["user", "assistant", "system", "What", "is", "+", "-", "?", "=", "\n", "the", "answer"]
+    return word_tokenizer(words + [str(n) for n in range(max_number + 1)])
+
+
+def word_tokenizer(words: list[str]) -> PreTrainedTokenizerBase:
+    """A word-level tokenizer over `words` (split on spaces, newlines kept as tokens; anything else is <|unk|>)
+    with ChatML special tokens and template: the one tiny tokenizer tests and benches build models around."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<|pad|>", "<|unk|>", "<|im_start|>", "<|im_end|>"]
-    words = ["user", "assistant", "system", "What", "is", "+", "-", "?", "=", "\n", "the", "answer"]
-    vocab = {w: i for i, w in enumerate(specials + words + [str(n) for n in range(max_number + 1)])}
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + list(words)))}  # unique, in order
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
     # Split on whitespace but keep newlines as tokens, so the chat template's layout survives a round trip.
     tok.pre_tokenizer = pre_tokenizers.Sequence(

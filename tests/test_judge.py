@@ -9,7 +9,7 @@ import json
 import random
 
 import pytest
-from fixtures import CHAT_TEMPLATE, save_tiny_model
+from fixtures import save_tiny_model, word_tokenizer
 
 from annotate.active import JudgeStrategy, judge_strategy
 from annotate.judge_votes import judge_pairs, p_first_of, unsure_pairs
@@ -21,19 +21,8 @@ from rlhf import train
 
 def judge_tokenizer():
     """A word-level tokenizer knowing the letters A and B and the test pool's words (the rest is unknown)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     words = ["user", "assistant", "\n", "A", "B", "Which", "answer", "is", "better?", "yes", "no", "maybe"]
-    vocab = {w: i for i, w in enumerate(["<|pad|>", "<|unk|>", "<|im_start|>", "<|im_end|>", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.Split(" ", behavior="removed")]
-    )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", unk_token="<|unk|>",
-                                   bos_token="<|im_start|>", eos_token="<|im_end|>")  # fmt: skip
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return word_tokenizer(words)
 
 
 def save_letter_judge(out_dir, tokenizer, letter: str) -> str:

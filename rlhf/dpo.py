@@ -33,7 +33,16 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from annotate.errors import UsageError
-from rlhf.common import BaseArgs, PackingArgs, ResumeArgs, load_data, metrics_callback, row_tokens, trl_args
+from rlhf.common import (
+    BaseArgs,
+    PackingArgs,
+    ResumeArgs,
+    load_data,
+    metrics_callback,
+    pairs_for_steps,
+    row_tokens,
+    trl_args,
+)
 from rlhf.label_trust import LabelTrustArgs, mode_of
 from rlhf.skeleton import TrainerRun
 
@@ -133,6 +142,7 @@ def build_trainer(cfg: DPOArgs):
 
     tokenizer, train, test, info = load_data(cfg)
     train, test, label_column, info["label_trust"] = with_label_trust(cfg.label_trust, train, test)
+    train = pairs_for_steps(cfg, train, info)  # the reference pass below scores only what training will use
     set_seed(cfg.seed)
     policy = load_causal_lm(cfg.model, dtype="float32")  # master weights in fp32; bf16 autocast when enabled
     reference_free = cfg.loss_type in REFERENCE_FREE

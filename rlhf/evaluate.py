@@ -261,6 +261,11 @@ def evaluate(cfg: EvalArgs) -> dict[str, Any]:
     prompts = load_prompts(heldout_prompts(cfg.prompts))
     if len(prompts) > cfg.num_prompts:
         prompts = random.Random(cfg.seed).sample(prompts, cfg.num_prompts)
+    from rlhf.common import say_plan
+
+    say_plan(f"{len(prompts)} held-out prompts answered by the policy and the reference (its answers reused when "
+             f"cached), up to {cfg.max_new_tokens} new tokens each; {2 * len(prompts)} answers scored by the reward "
+             "model")  # fmt: skip
     pol = answers(cfg.policy, prompts, cfg, device)
     ref = cached_answers(cfg.reference_answers, answer_key(cfg.reference, prompts, cfg),
                          lambda: answers(cfg.reference, prompts, cfg, device))  # fmt: skip

@@ -34,7 +34,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from rlhf.common import BaseArgs, metrics_callback, online_trl_args, start_run, use_cuda, write_eval, write_model_card
+from rlhf.common import (
+    BaseArgs,
+    metrics_callback,
+    online_trl_args,
+    say_plan,
+    start_run,
+    use_cuda,
+    write_eval,
+    write_model_card,
+)
 from rlhf.config import parse_config
 from rlhf.reward_heads import ObjectiveArgs, objective_record
 
@@ -264,6 +273,13 @@ def train(cfg: GRPOArgs, task: dict[str, Any] | None = None) -> dict[str, Any]:
         queries, specs = [q for q, _ in held], [v for _, v in held]
         return heldout(policy.to(device).eval(), ref, queries, specs, tok, ev, cfg.eval_samples, reward, rm_tok)
 
+    args = _trl_config(cfg)
+    steps = args.max_steps if args.max_steps > 0 else "one epoch of"
+    say_plan(
+        f"{steps} GRPO steps x {args.per_device_train_batch_size * args.gradient_accumulation_steps} "
+        f"completions ({cfg.num_generations} per prompt, up to {cfg.response_length} tokens) from {len(keep)} "
+        f"training prompts; held-out: {len(held)} prompts x {cfg.eval_samples} samples, before and after"
+    )
     before = measure(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32))
     specs = [task["train_verifiers"][i] for i in keep]
     # TRL hands every dataset column but the prompt to the reward function: each prompt's verifier travels with it
@@ -272,7 +288,7 @@ def train(cfg: GRPOArgs, task: dict[str, Any] | None = None) -> dict[str, Any]:
     trainer = GRPOTrainer(
         model=path,
         reward_funcs=blended_reward(tok, rm, cfg.rm_weight, cfg.verifier_weight),
-        args=_trl_config(cfg),
+        args=args,
         train_dataset=Dataset.from_dict(data),
         processing_class=tok,
     )

@@ -313,15 +313,26 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def recipe_from_args(argv: list[str] | None = None) -> dict[str, Any]:
+    """The recipe of `--config`, with the flags' overrides applied and its data checked (exit 2 naming it)."""
     from rlhf.config import OneLineParser  # a mistake is one line, as for every rlhf/train.py command
 
     parser = OneLineParser(prog="python rlhf/train.py pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="pipeline recipe (YAML), e.g. recipes/hh-smollm2.yaml")
     parser.add_argument("--output-dir", default=None, help="overrides the recipe's output_dir")
+    parser.add_argument("--data", default=None, help="overrides the recipe's data (an export, a store, HH/TRL JSONL)")
     args = parser.parse_args(argv)
     recipe = load_recipe(args.config)
     if args.output_dir:
         recipe["output_dir"] = args.output_dir
-    run(recipe)
+    if args.data:
+        recipe["data"], recipe["data_format"] = args.data, None  # the recipe's format was for its own data
+    where = Path(str(recipe["data"]).split("@")[0])  # a store may be pinned: votes@12
+    if not where.exists():
+        raise _fail(f"data: {where}: no such file or folder (give yours with --data, e.g. runs/prefs-train.parquet)")
+    return recipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(recipe_from_args(argv))
     return 0

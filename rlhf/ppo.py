@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rlhf.common import BaseArgs, append_metrics, finish_rl_run, start_run, use_cuda
+from rlhf.common import BaseArgs, append_metrics, finish_rl_run, say_plan, start_run, use_cuda
 from rlhf.config import parse_config
 from rlhf.preflight import preflight
 from rlhf.reward_heads import ObjectiveArgs, objective_record
@@ -447,6 +447,10 @@ def train(cfg: PPOArgs, out_dir: Path) -> dict[str, Any]:
     steps = cfg.max_steps
     if steps < 0:
         steps = max(1, math.ceil(cfg.num_train_epochs * len(train_q) / (B * accelerator.num_processes)))
+    say_plan(f"{steps} PPO steps x {B * accelerator.num_processes} prompts = {steps * B * accelerator.num_processes} "
+             f"rollouts of up to {cfg.response_length} tokens, {cfg.num_ppo_epochs} update epochs each; held-out: "
+             f"{len(test_q)} prompts sampled before and after; reward shift from "
+             f"{min(max(cfg.reward_norm_prompts, 0), len(train_q))} reference samples")  # fmt: skip
     model = _policy_and_value(policy, value)
     optimizer = make_optimizer(cfg, model)
     # N+ detail: learning rate annealed linearly to 0 over the PPO steps. Not passed to prepare(), which would step

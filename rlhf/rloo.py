@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from rlhf.common import BaseArgs, finish_rl_run, metrics_callback, online_trl_args, start_run, use_cuda
+from rlhf.common import BaseArgs, finish_rl_run, metrics_callback, online_trl_args, say_plan, start_run, use_cuda
 from rlhf.config import parse_config
 from rlhf.preflight import preflight
 from rlhf.reward_heads import ObjectiveArgs, objective_record
@@ -79,11 +79,16 @@ def train(cfg: RLOOArgs) -> dict[str, Any]:
     def measure(policy) -> dict[str, float]:
         return heldout(_policy_and_value(policy.to(device).eval(), reward), ref, reward, rm_tok, test_q, ev, tok)
 
+    args = _trl_config(cfg)
+    steps = args.max_steps if args.max_steps > 0 else "one epoch of"
+    say_plan(f"{steps} RLOO steps x {args.per_device_train_batch_size * args.gradient_accumulation_steps} "
+             f"completions ({cfg.num_generations} per prompt, up to {cfg.response_length} tokens) from "
+             f"{len(train_p)} training prompts; held-out: {len(test_q)} prompts sampled before and after")  # fmt: skip
     before = measure(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32))
     trainer = RLOOTrainer(
         model=path,
         reward_funcs=reward_function(reward, rm_tok, tok),
-        args=_trl_config(cfg),
+        args=args,
         train_dataset=Dataset.from_dict({"prompt": train_p}),
         processing_class=tok,
     )

@@ -84,6 +84,23 @@ def test_precomputed_reference_keeps_no_model_and_matches_the_frozen_copy(inputs
     assert pre.evaluate()["eval_rewards/margins"] != pytest.approx(0.0, abs=1e-4)
 
 
+def test_max_steps_bounds_the_reference_pass(inputs, tmp_path):
+    """--max-steps 2 with 4 pairs per step: the reference is scored on the 8 pairs training draws, not on all."""
+    from rlhf.dpo import DPOArgs, build_trainer
+
+    root, model, data = inputs
+    kw = dict(model=model, data=str(data), learning_rate=1e-2, per_device_train_batch_size=2,
+              gradient_accumulation_steps=2, packing=False)  # fmt: skip
+    capped, info = build_trainer(DPOArgs(output_dir=str(tmp_path / "capped"), max_steps=2, **kw))
+    assert len(capped.train_dataset) == info["train"]["pairs_used"] == 8 < info["train"]["pairs"]
+    again, _ = build_trainer(DPOArgs(output_dir=str(tmp_path / "again"), max_steps=2, **kw))
+    assert capped.train_dataset["ref_chosen_logps"] == again.train_dataset["ref_chosen_logps"]  # seeded: resumable
+    whole, info = build_trainer(DPOArgs(output_dir=str(tmp_path / "whole"), num_train_epochs=1, **kw))
+    assert len(whole.train_dataset) == info["train"]["pairs"] and "pairs_used" not in info["train"]
+    capped.train()
+    assert capped.state.global_step == 2
+
+
 @pytest.mark.parametrize(
     "loss, extra",
     [("ipo", ["--precompute-ref-log-probs"]), ("sigmoid_norm", []), ("rdpo", ["--rdpo-alpha", "0.5"]), ("ld", [])],

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_pipeline_runs_every_stage_resumes_and_reports(tmp_path, capsys):
+def test_pipeline_runs_every_stage_resumes_and_reports(tmp_path, capfd):
     model = save_tiny_model(tmp_path / "tiny", arithmetic_tokenizer(), layers=1, hidden=32, heads=2)
     train, test = write_synthetic_export(tmp_path / "data", n_prompts=24, wrong_per_prompt=1)
     small = {"max_steps": 2, "per_device_train_batch_size": 4, "device": "cpu", "max_length": 64}
@@ -30,6 +30,11 @@ def test_pipeline_runs_every_stage_resumes_and_reports(tmp_path, capsys):
     recipe = pipeline.load_recipe(recipe_path)
     report = pipeline.run(recipe)
     out = tmp_path / "run"
+    # Every training and evaluation stage said what it would do before starting (its child process's stdout).
+    said = capfd.readouterr().out
+    chunks = {c.split(":")[0]: c for c in said.split("[pipeline] ")[1:]}
+    for stage in ("reward", "dpo", "ppo", "rloo", "evaluate-dpo", "evaluate-ppo", "evaluate-rloo"):
+        assert "[plan] " in chunks[stage], (stage, chunks[stage][-2000:])
     for stage in ("reward", "dpo", "ppo", "rloo", "evaluate-dpo", "evaluate-ppo", "evaluate-rloo"):
         assert (out / stage / "eval.json").exists(), stage
         assert report["stages"][stage]["peak_rss_mb"] > 50 and report["stages"][stage]["wall_s"] > 0
@@ -48,9 +53,9 @@ def test_pipeline_runs_every_stage_resumes_and_reports(tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "pick the longer" in md and "| ppo |" in md and (out / "report.png").stat().st_size > 1000
     # A second run skips every finished stage.
-    capsys.readouterr()
+    capfd.readouterr()
     pipeline.run(recipe)
-    said = capsys.readouterr().out
+    said = capfd.readouterr().out
     assert said.count("skipped") == 7 and "[pipeline] reward: " not in said.replace("reward: finished", "")
 
 
@@ -78,6 +83,26 @@ def test_shipped_hh_recipe_parses_and_points_at_the_shared_sample():
     recipe = pipeline.load_recipe(ROOT / "recipes" / "hh-smollm2.yaml")
     assert list(recipe["stages"]) == ["reward", "dpo", "ppo", "rloo", "evaluate"]
     assert recipe["data"].endswith("hh-rlhf-harmless-sample.jsonl.gz") and recipe["data_format"] == "hh"
+
+
+def test_shipped_quick_recipe_parses_and_every_stage_is_capped():
+    recipe = pipeline.load_recipe(ROOT / "recipes" / "quick.yaml")
+    assert list(recipe["stages"]) == ["reward", "dpo", "ppo", "rloo", "evaluate"]
+    for name in ("reward", "dpo", "ppo", "rloo"):  # a quick try never runs an epoch over the user's whole data
+        assert recipe["stages"][name]["max_steps"] > 0, name
+
+
+def test_data_flag_overrides_the_recipe_and_missing_data_is_one_line(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"data": "x.jsonl", "data_format": "hh", "stages": {"reward": {}}}))
+    with pytest.raises(SystemExit) as e:
+        pipeline.main(["--config", str(recipe)])
+    assert e.value.code == 2 and "x.jsonl: no such file or folder" in capsys.readouterr().err
+    export = tmp_path / "mine-train.parquet"
+    export.write_bytes(b"")
+    got = pipeline.recipe_from_args(["--config", str(recipe), "--data", str(export)])
+    assert got["data"] == str(export) and got["data_format"] is None  # the recipe's "hh" was about its own data
+    assert pipeline._guess_format(got["data"]) == "export"
 
 
 def test_wilson_interval():

@@ -80,23 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if (args.strategy == "active") != bool(args.reward_model):
-        print("error: --strategy active and --reward-model DIR go together (active ranks pairs by the reward "
-              "model's uncertainty; other strategies use no model)", file=sys.stderr)  # fmt: skip
-        return 2
-    if args.objective and not args.reward_model:
-        print("error: --objective weighs the heads of --reward-model; give both", file=sys.stderr)
-        return 2
-    if not args.session_hours > 0:
-        print("error: --session-hours must be positive", file=sys.stderr)
+    if mistake := _flag_mistake(args):
+        print(f"error: {mistake}", file=sys.stderr)
         return 2
     if not args.users and not _is_loopback(args.host):
-        if not args.insecure_no_login:
-            print(f"error: --host {args.host} serves the network, but without --users there is no login: anyone who "
-                  "reaches the port could vote under any name and see every vote. Give --users FILE (create it with "
-                  "`python -m annotate add-user`), or --insecure-no-login to serve it open anyway.",
-                  file=sys.stderr)  # fmt: skip
-            return 2
         print(f"WARNING: serving {args.host} WITHOUT LOGIN (--insecure-no-login): anyone who can reach port "
               f"{args.port} can annotate under any name.", file=sys.stderr, flush=True)  # fmt: skip
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls home
@@ -104,34 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     # more CPU than the vote itself.
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
     from annotate.api import add_json_api
-    from annotate.pool import read_pool
     from annotate.replicas import ReplicaFollower
-    from annotate.sampler import PairSampler
-    from annotate.store import ComparisonStore
     from annotate.ui import CSS, AppConfig, build_app, make_service
-    from annotate.users import Authenticator
-    from annotate.web import ExportRegistry, build_web_app, end_streams
+    from annotate.web import ExportRegistry, build_web_app
 
     try:
-        # Votes are sealed into the Delta table 5 s after a lull and at most 30 s after they arrive, so exports,
-        # training and other engines see them soon; until then they are durable in the write-ahead segment.
-        store = ComparisonStore(args.store, seal_idle_s=5.0, seal_max_age_s=30.0)
-        pool = read_pool(args.pool)
-        strategy, votes = args.strategy, None
-        if args.reward_model:
-            strategy = _active_strategy(pool, args.reward_model, args.reward_refresh_s, args.objective)
-        elif args.strategy == "judge":  # the judge's doubt ranks pairs; its own votes do not close them
-            from annotate.active import judge_strategy
-
-            strategy, votes = judge_strategy(store.read())
-        records = store.read()
-        sampler = PairSampler(
-            pool, strategy=strategy, overlap=args.overlap, gold_share=args.gold_share,
-            repeat_rate=args.repeat_rate, honeypot_rate=args.honeypot_rate, seed=args.seed,
-            votes=records if votes is None else votes,
-        )  # fmt: skip
-        gate = _gate(args, pool, store, sampler, records)
-        auth = Authenticator(args.users, session_hours=args.session_hours) if args.users else None
+        store, sampler, gate, auth = _open(args)
     except (SchemaError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -159,7 +124,66 @@ def main(argv: list[str] | None = None) -> int:
     # Printed once the socket listens: connections made from now on wait in its backlog until the app takes them,
     # so nothing depends on a start-up self-check.
     print(f"serving at http://{args.host}:{args.port}", flush=True)
+    try:
+        _serve(web, sock)
+    finally:
+        follower.close()
+        store.close()  # votes are durable already; this only folds the write-ahead segment into Parquet
+        exports.close()
+        sock.close()
+    return 0
+
+
+def _flag_mistake(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags, in one line (None when nothing is)."""
+    if (args.strategy == "active") != bool(args.reward_model):
+        return ("--strategy active and --reward-model DIR go together (active ranks pairs by the reward model's "
+                "uncertainty; other strategies use no model)")  # fmt: skip
+    if args.objective and not args.reward_model:
+        return "--objective weighs the heads of --reward-model; give both"
+    if not args.session_hours > 0:
+        return "--session-hours must be positive"
+    if not args.users and not _is_loopback(args.host) and not args.insecure_no_login:
+        return (f"--host {args.host} serves the network, but without --users there is no login: anyone who reaches "
+                "the port could vote under any name and see every vote. Give --users FILE (create it with "
+                "`python -m annotate add-user`), or --insecure-no-login to serve it open anyway.")  # fmt: skip
+    return None
+
+
+def _open(args: argparse.Namespace):
+    """(store, sampler, annotator checks or None, authenticator or None), from the flags; a bad pool, store or
+    setting raises SchemaError, FileNotFoundError or ValueError (exit 2)."""
+    from annotate.pool import read_pool
+    from annotate.sampler import PairSampler
+    from annotate.store import ComparisonStore
+    from annotate.users import Authenticator
+
+    # Votes are sealed into the Delta table 5 s after a lull and at most 30 s after they arrive, so exports,
+    # training and other engines see them soon; until then they are durable in the write-ahead segment.
+    store = ComparisonStore(args.store, seal_idle_s=5.0, seal_max_age_s=30.0)
+    pool = read_pool(args.pool)
+    records = store.read()
+    strategy, votes = args.strategy, records
+    if args.reward_model:
+        strategy = _active_strategy(pool, args.reward_model, args.reward_refresh_s, args.objective)
+    elif args.strategy == "judge":  # the judge's doubt ranks pairs; its own votes do not close them
+        from annotate.active import judge_strategy
+
+        strategy, votes = judge_strategy(records)
+    sampler = PairSampler(
+        pool, strategy=strategy, overlap=args.overlap, gold_share=args.gold_share,
+        repeat_rate=args.repeat_rate, honeypot_rate=args.honeypot_rate, seed=args.seed, votes=votes,
+    )  # fmt: skip
+    gate = _gate(args, pool, store, sampler, records)
+    auth = Authenticator(args.users, session_hours=args.session_hours) if args.users else None
+    return store, sampler, gate, auth
+
+
+def _serve(web, sock: socket.socket) -> None:
+    """Serve `web` on the listening socket until SIGINT or SIGTERM."""
     import uvicorn
+
+    from annotate.web import end_streams
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets=None) -> None:
@@ -169,17 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(uvicorn.Config(web, log_level="warning", timeout_graceful_shutdown=5))
     try:
         # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler it found: this one
-        # (and Python's for SIGINT) turn that into a KeyboardInterrupt caught here, so the store is closed below.
+        # (and Python's for SIGINT) turn that into a KeyboardInterrupt caught here, so the store is closed after.
         signal.signal(signal.SIGTERM, _interrupt)
         server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
-    finally:
-        follower.close()
-        store.close()  # votes are durable already; this only folds the write-ahead segment into Parquet
-        exports.close()
-        sock.close()
-    return 0
 
 
 def _is_loopback(host: str) -> bool:

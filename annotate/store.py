@@ -284,6 +284,11 @@ def _commit(root: Path, table: pa.Table, app_ids: Iterable[str] = ()) -> None:
     )
 
 
+def _log_entry(root: Path, version: int) -> Path:
+    """The Delta log's commit file of `version` (the protocol's zero-padded name)."""
+    return root / "_delta_log" / f"{version:020d}.json"
+
+
 def _committed(dt, app_id: str) -> bool:
     return dt.transaction_version(app_id) is not None
 
@@ -848,7 +853,9 @@ class StoreTail:
                     out += self._read_segment(seg)
             if self._dt is None:
                 self._dt = _load(self.root)
-            else:
+            elif _log_entry(self.root, self._dt.version() + 1).exists():
+                # Every serve polls, under the serve lock: update_incremental lists and reads the log (0.3-1 ms
+                # with nothing new), while any new version must first create this one file (a stat, ~2 us).
                 self._dt.update_incremental()
             files = self._dt.file_uris()
             self._parts &= set(files)  # names are unique: a removed file never comes back

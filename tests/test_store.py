@@ -517,6 +517,28 @@ def test_tail_returns_each_new_record_once_through_seal_and_compaction(tmp_path)
     assert StoreTail(tmp_path, from_now=True).poll() == []
 
 
+def test_tail_reads_the_log_only_when_a_version_was_added(tmp_path, monkeypatch):
+    # Every serve polls: with nothing committed, a poll must not re-read the Delta log (it cost 0.3-1 ms each
+    # and throttled the app), yet a commit seen in no segment (an import, a skipped segment) is still found.
+    mine = ComparisonStore(tmp_path)
+    mine.append(record(0))
+    tail = StoreTail(tmp_path)
+    tail.poll()
+    calls = []
+    real = type(tail._dt).update_incremental
+    monkeypatch.setattr(type(tail._dt), "update_incremental", lambda dt: calls.append(1) or real(dt))
+    for _ in range(3):
+        assert tail.poll() == []
+    assert calls == []
+    batch = [record(1), record(2)]
+    ComparisonStore(tmp_path).write_batch(batch)  # a commit with no segment behind it
+    assert sorted(tail_ids(tail)) == sorted(r["comparison_id"] for r in batch)
+    skipped = mine.append(record(3))
+    assert tail.poll(skip=[mine.segment_name]) == []
+    mine.close()  # sealed as version 2: the tail finds it in the table
+    assert tail_ids(tail) == [skipped] and len(calls) == 2
+
+
 def test_tail_waits_for_a_torn_line_to_complete(tmp_path):
     ComparisonStore(tmp_path)  # creates the layout
     donor = ComparisonStore(tmp_path / "donor")

@@ -133,7 +133,10 @@ def test_two_processes_train_data_parallel(tmp_path, method):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "loss" in r]
     assert len(train_rows) == 4  # one log per step, written once (rank 0), not once per rank
-    pairs = json.loads((out / "eval.json").read_text())["train_pairs"]
+    ev = json.loads((out / "eval.json").read_text())
+    # dpo trains on the pairs --max-steps draws (rlhf.common.pairs_for_steps: 4 x 4 x 2 ranks), reward on all
+    pairs = ev.get("train_pairs_used", ev["train_pairs"])
+    assert pairs == 32 if method == "dpo" else pairs > 32
     # 4 steps x 4 pairs x 2 ranks: twice the data a single process would have seen.
     assert train_rows[-1]["epoch"] == pytest.approx(4 * 4 * 2 / pairs, rel=0.05)
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()

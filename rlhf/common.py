@@ -162,7 +162,22 @@ def trl_args(cfg: BaseArgs, trl_config_cls: type, default_lr: float | None = Non
     return trl_config_cls(**{k: v for k, v in kw.items() if k not in excluded})
 
 
-def online_trl_args(cfg: Any, trl_config_cls: type) -> Any:
+@dataclass
+class OnlineArgs:
+    """The options of the online RL commands on TRL's trainers (rloo, grpo): sampling, the KL penalty, held-out
+    prompts. A command redeclares a field to give it its own default or help."""
+
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"help": "completions (not prompts) per device per step; a multiple of --num-generations"}
+    )
+    num_generations: int = field(default=4, metadata={"help": "samples per prompt"})
+    kl_coef: float = field(default=0.05, metadata={"help": "beta: KL penalty against the starting policy"})
+    response_length: int = field(default=64, metadata={"help": "max new tokens per completion"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    eval_prompts: int = field(default=64, metadata={"help": "held-out prompts sampled before and after training"})
+
+
+def online_trl_args(cfg: OnlineArgs, trl_config_cls: type) -> Any:
     """TRL's config for its online trainers (RLOOTrainer, GRPOTrainer): our flags mapped to their common fields, at
     TRL's own default learning rate for both (1e-6)."""
     return trl_args(

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from rlhf.common import (
     BaseArgs,
+    OnlineArgs,
     metrics_callback,
     online_trl_args,
     say_plan,
@@ -56,7 +57,7 @@ NO_MODEL = "none"  # --reward-model none: verifiers alone
 
 
 @dataclass
-class GRPOArgs(ObjectiveArgs, BaseArgs):
+class GRPOArgs(OnlineArgs, ObjectiveArgs, BaseArgs):
     """GRPO on a reward model's score blended with verifiers' verdicts (TRL GRPOTrainer)."""
 
     trl_config_class: ClassVar[str] = "trl.GRPOConfig"  # its other fields are options too (rlhf/config.py)
@@ -79,9 +80,6 @@ class GRPOArgs(ObjectiveArgs, BaseArgs):
     kl_coef: float = field(
         default=0.04, metadata={"help": "beta: KL penalty against the starting policy (paper: 0.04)"}
     )
-    response_length: int = field(default=64, metadata={"help": "max new tokens per completion"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
-    eval_prompts: int = field(default=64, metadata={"help": "held-out prompts sampled before and after training"})
     eval_samples: int = field(default=4, metadata={"help": "samples per held-out prompt (accuracy is their mean)"})
 
 

@@ -14,29 +14,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from rlhf.common import BaseArgs, finish_rl_run, metrics_callback, online_trl_args, say_plan, start_run, use_cuda
+from rlhf.common import (
+    BaseArgs,
+    OnlineArgs,
+    finish_rl_run,
+    metrics_callback,
+    online_trl_args,
+    say_plan,
+    start_run,
+    use_cuda,
+)
 from rlhf.config import parse_config
 from rlhf.preflight import preflight
 from rlhf.reward_heads import ObjectiveArgs, objective_record
 
 
 @dataclass
-class RLOOArgs(ObjectiveArgs, BaseArgs):
+class RLOOArgs(OnlineArgs, ObjectiveArgs, BaseArgs):
     """RLOO against a reward model (TRL RLOOTrainer)."""
 
     trl_config_class: ClassVar[str] = "trl.RLOOConfig"  # its other fields are options too (rlhf/config.py)
     output_dir: str = field(default="runs/rloo", metadata={"help": "where the policy, config and metrics go"})
     reward_model: str | None = field(default=None, metadata={"help": "trained reward model (rlhf/train.py reward)"})
-    per_device_train_batch_size: int = field(
-        default=8, metadata={"help": "completions (not prompts) per device per step; a multiple of --num-generations"}
-    )
     num_generations: int = field(
         default=4, metadata={"help": "samples per prompt (k); the baseline uses the k-1 others"}
     )
-    kl_coef: float = field(default=0.05, metadata={"help": "beta: KL penalty against the starting policy"})
-    response_length: int = field(default=64, metadata={"help": "max new tokens per completion"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
-    eval_prompts: int = field(default=64, metadata={"help": "held-out prompts scored before and after training"})
 
 
 def _trl_config(cfg: RLOOArgs):

@@ -47,6 +47,10 @@ NOT_RUN: dict[str, str] = {
         "the recipe's data is the whole 1,000-pair HH sample and it starts five stages: 66 s even capped (load 7), "
         "over this test's budget; tests/test_pipeline.py runs the pipeline on tiny data"
     ),
+    "python rlhf/train.py pipeline --config recipes/quick.yaml": (
+        "the default model for a few steps per stage is still minutes of CPU (BENCHMARKS.md, the quick try); "
+        "tests/test_pipeline.py runs the pipeline on tiny data and checks this recipe's stages and caps"
+    ),
     "python app.py --store votes --users users.json --port 7860 &": (
         "two servers left running in the background; tests/test_replicas.py serves one store from two processes"
     ),

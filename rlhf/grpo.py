@@ -234,26 +234,24 @@ def heldout(
 
 
 # -- the run ---------------------------------------------------------------------------------------------------------
-def train(cfg: GRPOArgs, task: dict[str, Any] | None = None) -> dict[str, Any]:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM
-    from trl import GRPOTrainer
-
-    from rlhf.models import load_tokenizer, resolve_model
-    from rlhf.ppo import PPOArgs, encode_prompts
+def _reward_model(cfg: GRPOArgs, tok, device: str):
+    """(reward model, its tokenizer, the reward function on policy text), all None under --reward-model none."""
+    from rlhf.models import load_tokenizer
     from rlhf.reward import load_reward_model, reward_function
 
-    task = task or load_task(cfg)
-    device = "cuda" if use_cuda(cfg) else "cpu"
-    tok = load_tokenizer(cfg.model)
-    tok.padding_side = "left"
-    reward = rm_tok = rm = None
-    if cfg.reward_model != NO_MODEL:
-        rm_tok = load_tokenizer(cfg.reward_model)
-        reward = load_reward_model(cfg.reward_model, rm_tok, objective=cfg.objective)  # --objective: heads' weights
-        reward = reward.to(device).eval().requires_grad_(False)
-        rm = reward_function(reward, rm_tok, tok)  # the one scoring path
+    if cfg.reward_model == NO_MODEL:
+        return None, None, None
+    rm_tok = load_tokenizer(cfg.reward_model)
+    reward = load_reward_model(cfg.reward_model, rm_tok, objective=cfg.objective)  # --objective: heads' weights
+    reward = reward.to(device).eval().requires_grad_(False)
+    return reward, rm_tok, reward_function(reward, rm_tok, tok)  # the one scoring path
+
+
+def _fitting_prompts(cfg: GRPOArgs, tok, task: dict[str, Any]) -> tuple[list[int], list]:
+    """(indices of the training prompts that leave room for --response-length, held-out (query, verifier) pairs that
+    do, at most --eval-prompts of them)."""
+    from rlhf.ppo import encode_prompts
+
     limit = cfg.max_length - cfg.response_length
     n_tokens = [len(x.ids) for x in encode_prompts(task["train"], tok, 10**9, "train")]
     keep = [i for i, n in enumerate(n_tokens) if n <= limit]
@@ -261,6 +259,24 @@ def train(cfg: GRPOArgs, task: dict[str, Any] | None = None) -> dict[str, Any]:
         print(f"[grpo] train: dropped {len(n_tokens) - len(keep)} prompts over {limit} tokens")
     held = [(q, v) for q, v in zip(encode_prompts(task["test"], tok, 10**9, "held-out"), task["test_verifiers"])
             if len(q.ids) <= limit][: cfg.eval_prompts]  # fmt: skip
+    return keep, held
+
+
+def train(cfg: GRPOArgs, task: dict[str, Any] | None = None) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOTrainer
+
+    from rlhf.models import load_tokenizer, resolve_model
+    from rlhf.ppo import PPOArgs
+
+    task = task or load_task(cfg)
+    device = "cuda" if use_cuda(cfg) else "cpu"
+    tok = load_tokenizer(cfg.model)
+    tok.padding_side = "left"
+    reward, rm_tok, rm = _reward_model(cfg, tok, device)
+    keep, held = _fitting_prompts(cfg, tok, task)
 
     # Held-out numbers come from PPO's sampler, as rloo's do, so the RL commands compare like for like.
     ev = PPOArgs(response_length=cfg.response_length, temperature=cfg.temperature, seed=cfg.seed)

@@ -429,6 +429,18 @@ def save_checkpoint(out_dir: Path, step: int, model, tok) -> Path:
     return path
 
 
+def planned_steps(cfg: PPOArgs, n_train: int, n_test: int, world: int) -> int:
+    """PPO steps (rollout batches) this run takes, said before the work starts; too few prompts is an error."""
+    B = cfg.per_device_train_batch_size
+    if n_train < B:
+        raise ValueError(f"{n_train} training prompts is fewer than --per-device-train-batch-size {B}")
+    steps = cfg.max_steps if cfg.max_steps >= 0 else max(1, math.ceil(cfg.num_train_epochs * n_train / (B * world)))
+    say_plan(f"{steps} PPO steps x {B * world} prompts = {steps * B * world} rollouts of up to {cfg.response_length} "
+             f"tokens, {cfg.num_ppo_epochs} update epochs each; held-out: {n_test} prompts sampled before and after; "
+             f"reward shift from {min(max(cfg.reward_norm_prompts, 0), n_train)} reference samples")  # fmt: skip
+    return steps
+
+
 def train(cfg: PPOArgs, out_dir: Path) -> dict[str, Any]:
     import torch
     from accelerate.utils import set_seed
@@ -442,15 +454,7 @@ def train(cfg: PPOArgs, out_dir: Path) -> dict[str, Any]:
     tok.padding_side = "left"
     train_q, test_q = prompt_ids(cfg, tok)
     B = cfg.per_device_train_batch_size
-    if len(train_q) < B:
-        raise ValueError(f"{len(train_q)} training prompts is fewer than --per-device-train-batch-size {B}")
-    steps = cfg.max_steps
-    if steps < 0:
-        steps = max(1, math.ceil(cfg.num_train_epochs * len(train_q) / (B * accelerator.num_processes)))
-    say_plan(f"{steps} PPO steps x {B * accelerator.num_processes} prompts = {steps * B * accelerator.num_processes} "
-             f"rollouts of up to {cfg.response_length} tokens, {cfg.num_ppo_epochs} update epochs each; held-out: "
-             f"{len(test_q)} prompts sampled before and after; reward shift from "
-             f"{min(max(cfg.reward_norm_prompts, 0), len(train_q))} reference samples")  # fmt: skip
+    steps = planned_steps(cfg, len(train_q), len(test_q), accelerator.num_processes)
     model = _policy_and_value(policy, value)
     optimizer = make_optimizer(cfg, model)
     # N+ detail: learning rate annealed linearly to 0 over the PPO steps. Not passed to prepare(), which would step
@@ -461,11 +465,8 @@ def train(cfg: PPOArgs, out_dir: Path) -> dict[str, Any]:
     before = heldout(unwrapped, ref, reward, reward_tok, test_q, cfg, tok)
     shift = reward_shift(accelerator, ref, reward, reward_tok, train_q, cfg, tok)
     set_seed(cfg.seed + accelerator.process_index)  # different rollouts on each rank
-    kl_ctl = (
-        core.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-        if cfg.adaptive_kl
-        else core.FixedKLController(cfg.kl_coef)
-    )
+    kl_ctl = core.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else (
+        core.FixedKLController(cfg.kl_coef))  # fmt: skip
     batches = _prompt_batches(train_q, B, cfg.seed + accelerator.process_index)
     rollout_s = update_s = 0.0  # wall time of the two phases, so a user sees which one to make faster
     for step in tqdm(range(1, steps + 1), desc="ppo", disable=not accelerator.is_main_process):

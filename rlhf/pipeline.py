@@ -217,12 +217,10 @@ def build_report(recipe: dict[str, Any], out: Path, train: str, test: str | None
                             **length_rules(reward)}  # fmt: skip
     dpo = _read(out / "dpo" / "eval.json")
     if dpo:
-        acc, n = dpo.get("eval_accuracy"), int(dpo.get("eval_pairs") or 0)
-        ci = wilson(round(acc * n), n) if acc is not None else (None, None)  # a few pairs: the interval says how few
-        report["dpo"] = {
-            "implicit_reward_accuracy": acc,
-            "ci95": list(ci),
-            "pairs": n,
+        report["dpo"] = {  # the interval as the DPO run computed it (rlhf.dpo): a few pairs say how few
+            "implicit_reward_accuracy": dpo.get("eval_accuracy"),
+            "ci95": dpo.get("eval_accuracy_ci95"),
+            "pairs": int(dpo.get("eval_pairs") or 0),
             "margin": dpo.get("eval_margin"),
         }
     report["policies"] = {}
@@ -315,6 +313,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
 def recipe_from_args(argv: list[str] | None = None) -> dict[str, Any]:
     """The recipe of `--config`, with the flags' overrides applied and its data checked (exit 2 naming it)."""
+    from annotate.store import parse_store_spec
     from rlhf.config import OneLineParser  # a mistake is one line, as for every rlhf/train.py command
 
     parser = OneLineParser(prog="python rlhf/train.py pipeline", description=__doc__.splitlines()[0])
@@ -327,7 +326,7 @@ def recipe_from_args(argv: list[str] | None = None) -> dict[str, Any]:
         recipe["output_dir"] = args.output_dir
     if args.data:
         recipe["data"], recipe["data_format"] = args.data, None  # the recipe's format was for its own data
-    where = Path(str(recipe["data"]).split("@")[0])  # a store may be pinned: votes@12
+    where = Path(parse_store_spec(recipe["data"])[0])  # a store may be pinned: votes@12
     if not where.exists():
         raise _fail(f"data: {where}: no such file or folder (give yours with --data, e.g. runs/prefs-train.parquet)")
     return recipe

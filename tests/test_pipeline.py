@@ -47,6 +47,8 @@ def test_pipeline_runs_every_stage_resumes_and_reports(tmp_path, capfd):
     assert abs(r["longer_rule_accuracy"] + r["shorter_rule_accuracy"] - 1) < 1e-9
     assert r["longer_rule_accuracy"] == reward_eval["ruler_longer_accuracy"]  # the reward run's ruler, same pairs
     assert r["style_model_accuracy"] == reward_eval["ruler_style_accuracy"] and r["ruler_verdict"]
+    dpo_eval = json.loads((out / "dpo" / "eval.json").read_text())
+    assert report["dpo"]["ci95"] == dpo_eval["eval_accuracy_ci95"] and report["dpo"]["pairs"] == dpo_eval["eval_pairs"]
     assert set(report["policies"]) == {"dpo", "ppo", "rloo"}
     ev = json.loads((out / "evaluate-ppo" / "eval.json").read_text())
     assert report["policies"]["ppo"]["win_rate"] == ev["win_rate"]

@@ -203,7 +203,7 @@ class AnnotatorGate:
                     self._observe(item)
             latest = {ev["annotator"]: ev for ev in events}
             for name, ev in latest.items():
-                ann = self._ann.get(name) or self._ann.setdefault(name, AnnotatorChecks(name))
+                ann = self._entry(name)
                 if ann.status == "new" and ev["status"] in HELD:
                     # A verdict stands until an admin releases it, even when the app restarts with other checks
                     # (export reads the log and keeps leaving the votes out: the app must not serve them meanwhile).
@@ -225,14 +225,14 @@ class AnnotatorGate:
         if cid in self._applied or is_judge(name):
             return None
         self._applied.add(cid)
-        ann = self._ann.get(name) or self._ann.setdefault(name, AnnotatorChecks(name))
+        ann = self._entry(name)
         if rec.get("retracts"):
             key = ann.key_of.pop(rec["retracts"], None)
             if key is not None:
                 ann.chosen.get(key, {}).pop(rec["retracts"], None)
             return None
         a_id, b_id, choice = rec["response_a_id"], rec["response_b_id"], rec["choice"]
-        key = (rec["prompt_id"], min(a_id, b_id), max(a_id, b_id))
+        key = _pair_key(rec["prompt_id"], a_id, b_id)
         picked = a_id if choice == "a" else b_id if choice == "b" else None
         before = status = ann.status
         if (rec.get("session") or "").startswith(QUALIFY_PREFIX):
@@ -246,9 +246,7 @@ class AnnotatorGate:
                     ann.reason = f"qualification: {right} of {ann.qual_n} right; {need} needed"
         elif choice != "skip":
             ann.votes += 1
-            ms = rec.get("decision_ms")
-            if self.config.too_fast_s and ms is not None and ms < self.config.too_fast_s * 1000:
-                ann.fast += 1
+            ann.fast += self.too_fast(rec.get("decision_ms"))
             right = self._check(ann, key, a_id == b_id, choice, picked)
             if right is not None and self.config.live:
                 ann.checks += 1
@@ -276,6 +274,12 @@ class AnnotatorGate:
         if earlier:  # a swapped repeat of a pair this annotator decided (a changed vote retracts the old one first)
             return picked == next(iter(earlier.values()))
         return None
+
+    def _entry(self, name: str) -> AnnotatorChecks:
+        """The annotator's standing, created on first sight (call under the lock)."""
+        if name not in self._ann:
+            self._ann[name] = AnnotatorChecks(name)
+        return self._ann[name]
 
     def _qualifying(self, ann: AnnotatorChecks) -> bool:
         return self.config.qualify_n > 0 and ann.status == "new" and ann.qual_n < self.config.qualify_n
@@ -317,7 +321,7 @@ class AnnotatorGate:
     def feedback(self, prompt_id: str, a_id: str, b_id: str, left: str, picked: str | None) -> list[str]:
         """Plain-text lines shown after a qualification answer: right or not, the better response (as positioned on
         the screen that was answered: `left` is the canonical side shown as A) and why, from the pool's meta."""
-        better = self.gold.get((prompt_id, min(a_id, b_id), max(a_id, b_id)))
+        better = self.gold.get(_pair_key(prompt_id, a_id, b_id))
         shown = (a_id, b_id) if left == "a" else (b_id, a_id)
         pos = "A" if better == shown[0] else "B"
         lines = [("✓ Right: " if picked == better else "✗ Not right: ") + f"Response {pos} is the better one."]
@@ -374,7 +378,7 @@ class AnnotatorGate:
         if key in self._releases:
             return
         self._releases.add(key)
-        ann = self._ann.get(ev["annotator"]) or self._ann.setdefault(ev["annotator"], AnnotatorChecks(ev["annotator"]))
+        ann = self._entry(ev["annotator"])
         ann.status, ann.reason, ann.score = "released", str(ev.get("reason") or ""), 0.0
 
     def _sync(self) -> None:
@@ -413,6 +417,11 @@ class AnnotatorGate:
         if os.path.getsize(self.path) == self._offset + len(line):
             self._offset += len(line)  # our own line: nothing to re-read (another process's would be)
         return ev
+
+
+def _pair_key(prompt_id: str, a_id: str, b_id: str) -> tuple[str, str, str]:
+    """A pair in either order as annotate.pool.GoldMap keys it: (prompt_id, lower id, higher id)."""
+    return prompt_id, min(a_id, b_id), max(a_id, b_id)
 
 
 def _utc(t: object) -> datetime:

@@ -303,9 +303,9 @@ def distill(cfg: DistillArgs) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.teacher)
     teacher = load_causal_lm(cfg.teacher, dtype="float32", device=device)
     student = build_student(cfg, teacher, tokenizer).to(device)
-    steps = cfg.max_steps if cfg.max_steps > 0 else f"{cfg.num_train_epochs:g} epochs of"
+    planned = cfg.max_steps if cfg.max_steps > 0 else f"{cfg.num_train_epochs:g} epochs of"
     say_plan(f"teacher answers for {len(train_p)} training and {len(eval_p)} held-out prompts (up to "
-             f"{cfg.max_new_tokens} tokens), then {steps} student steps "
+             f"{cfg.max_new_tokens} tokens), then {planned} student steps "
              f"({cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps} answers per step)")  # fmt: skip
     train_a, eval_a = _teacher_answers(cfg, teacher, tokenizer, out, train_p, eval_p)
 

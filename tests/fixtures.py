@@ -89,6 +89,25 @@ def word_tokenizer(words: list[str]) -> PreTrainedTokenizerBase:
     return fast
 
 
+def bpe_tokenizer(texts: list[str], vocab_size: int, pad_token: str = "<|endoftext|>") -> PreTrainedTokenizerBase:
+    """A GPT-2-style byte-level BPE (as SmolLM2's, which --trim-vocab needs) trained on `texts`, with SmolLM2's
+    ChatML specials and template. `pad_token="<|im_end|>"` makes pad equal eos, as in SmolLM2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                       initial_alphabet=alphabet))  # fmt: skip
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token=pad_token, unk_token="<|endoftext|>")  # fmt: skip
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
 def write_synthetic_export(out_dir: str | Path, test_fraction: float = 0.2, seed: int = 0, **kw) -> tuple[Path, Path]:
     """synthetic_arithmetic() written like `annotate export --test-fraction`: prefs-train/-test.parquet by prompt."""
     import pyarrow as pa

@@ -79,24 +79,9 @@ def readme_commands() -> list[str]:
 def tiny_default_model(out: Path, texts: list[str]) -> Path:
     """A byte-level BPE tokenizer (as SmolLM2's, which --trim-vocab needs) with a ChatML template, and a 16-layer,
     16-wide Llama: deep enough for the README's `distill --student-layers 15`, small enough to train in seconds."""
-    from fixtures import arithmetic_tokenizer, save_tiny_model
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from fixtures import bpe_tokenizer, save_tiny_model
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=1500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(texts, trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )  # fmt: skip
-    hf.chat_template = arithmetic_tokenizer().chat_template
-    return Path(save_tiny_model(out, hf, layers=16, hidden=16, heads=2))
+    return Path(save_tiny_model(out, bpe_tokenizer(texts, vocab_size=1500), layers=16, hidden=16, heads=2))
 
 
 def free(port: int) -> bool:

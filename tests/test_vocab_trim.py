@@ -21,24 +21,9 @@ def pool_texts() -> list[str]:
 @pytest.fixture(scope="module")
 def bpe():
     """A GPT-2-style byte-level BPE (as SmolLM2's) with ChatML specials, trained on the demo pool's responses."""
-    from fixtures import arithmetic_tokenizer
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from fixtures import bpe_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=3000, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(pool_texts(), trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-    )  # fmt: skip
-    hf.chat_template = arithmetic_tokenizer().chat_template
-    return hf
+    return bpe_tokenizer(pool_texts(), vocab_size=3000, pad_token="<|im_end|>")
 
 
 @pytest.fixture(scope="module")

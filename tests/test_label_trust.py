@@ -362,3 +362,35 @@ def test_soft_labels_from_dawid_skene_beat_the_majority_of_noisy_annotators(vote
                          per_device_train_batch_size=16, logging_steps=1000, label_trust=trust, seed=0)  # fmt: skip
         accuracy[method] = run(cfg)["eval_accuracy"]
     assert accuracy["dawid-skene"] >= 0.95 and accuracy["dawid-skene"] > accuracy["majority"] + 0.04, accuracy
+
+
+def test_the_bench_probe_head_is_a_reward_model_read_by_score(voted, tiny, tmp_path):
+    """bench/label_trust.py --probe fits a head on states read through rlhf.reward.score (an identity head): put into
+    a one-output reward model's score head, the fitted head makes score() give exactly the pair margins the probe
+    scored, so the probe's accuracy is that reward model's. Soft labels of 1 fit the hard-label head."""
+    import numpy as np
+    import torch
+
+    from rlhf.models import load_tokenizer
+    from rlhf.reward import load_reward_model, score
+
+    B, pairs = bench(), voted["train"][:120]
+    feats = B.pair_features(tiny["model"], pairs, 512, tmp_path / "states.npz")
+    assert feats.kept.all() and feats.better.shape == (len(pairs), 32)
+    assert np.array_equal(B.pair_features("unused: read from the cache", pairs, 512, tmp_path / "states.npz").worse,
+                          feats.worse)  # fmt: skip
+    has, better, p_chosen = B.export_labels(Path(voted["exports"]["dawid-skene"]["files"][0]), pairs)
+    assert has.all() and 0.5 < p_chosen.min() and p_chosen.max() <= 1.0
+    head, l2 = B.arm_head(feats, better, has, p_chosen)
+    assert l2 in B.L2_GRID and np.abs(head).sum() > 0
+
+    tokenizer = load_tokenizer(tiny["model"])
+    model = load_reward_model(tiny["model"], tokenizer)
+    with torch.no_grad():
+        model.score.weight.copy_(torch.as_tensor(head, dtype=torch.float32)[None])
+    r_better = score(model, tokenizer, [p.prompt for p in pairs], [p.better for p in pairs])
+    r_worse = score(model, tokenizer, [p.prompt for p in pairs], [p.worse for p in pairs])
+    np.testing.assert_allclose(np.subtract(r_better, r_worse), (feats.better - feats.worse) @ head, atol=1e-3)
+
+    diff = (feats.better - feats.worse)[:60]
+    np.testing.assert_allclose(B.fit_head(diff, np.ones(60), 0.1), B.fit_head(diff, None, 0.1), atol=1e-6)

@@ -118,6 +118,12 @@ class AnnotatorChecks:
     votes: int = 0  # decisions outside qualification (skips excluded)
     fast: int = 0  # of those, decided faster than too_fast_s
     qualify_cids: set[str] = field(default_factory=set)
+    # comparison_id -> decided too fast, for each counted vote; comparison_id -> right, for each live check outcome
+    # (all of them, and those since the last release, which the sequential test's S is made of): an undone vote
+    # (a retraction) takes its share back out.
+    decided: dict[str, bool] = field(default_factory=dict)
+    outcomes: dict[str, bool] = field(default_factory=dict)
+    since_release: dict[str, bool] = field(default_factory=dict)
     # pair key (prompt_id, lower id, higher id) -> {comparison_id: chosen response id} of standing a/b votes
     chosen: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
     key_of: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # comparison_id -> pair key
@@ -227,9 +233,7 @@ class AnnotatorGate:
         self._applied.add(cid)
         ann = self._entry(name)
         if rec.get("retracts"):
-            key = ann.key_of.pop(rec["retracts"], None)
-            if key is not None:
-                ann.chosen.get(key, {}).pop(rec["retracts"], None)
+            self._retract(ann, rec["retracts"])
             return None
         a_id, b_id, choice = rec["response_a_id"], rec["response_b_id"], rec["choice"]
         key = _pair_key(rec["prompt_id"], a_id, b_id)
@@ -245,10 +249,12 @@ class AnnotatorGate:
                     right, need = ann.qual_right, self.config.to_pass
                     ann.reason = f"qualification: {right} of {ann.qual_n} right; {need} needed"
         elif choice != "skip":
+            ann.decided[cid] = self.too_fast(rec.get("decision_ms"))
             ann.votes += 1
-            ann.fast += self.too_fast(rec.get("decision_ms"))
+            ann.fast += ann.decided[cid]
             right = self._check(ann, key, a_id == b_id, choice, picked)
             if right is not None and self.config.live:
+                ann.outcomes[cid] = ann.since_release[cid] = right
                 ann.checks += 1
                 ann.wrong += not right
                 ann.score = self.test.step(ann.score, right)
@@ -261,6 +267,24 @@ class AnnotatorGate:
             ann.key_of[cid] = key
         ann.status = status
         return ann if status != before else None
+
+    def _retract(self, ann: AnnotatorChecks, cid: str) -> None:
+        """Take an undone vote back out: its choice (repeats compare with standing votes only), its count and speed,
+        and its check outcome. The sequential test's S is replayed over the outcomes left since the last release, so
+        it is what it would be had the vote never been cast. A verdict already reached stands (an admin releases)."""
+        key = ann.key_of.pop(cid, None)
+        if key is not None:
+            ann.chosen.get(key, {}).pop(cid, None)
+        if cid in ann.decided:
+            ann.votes -= 1
+            ann.fast -= ann.decided.pop(cid)
+        if cid in ann.outcomes:
+            ann.checks -= 1
+            ann.wrong -= not ann.outcomes.pop(cid)
+        if ann.since_release.pop(cid, None) is not None:
+            ann.score = 0.0
+            for right in ann.since_release.values():
+                ann.score = self.test.step(ann.score, right)
 
     def _check(self, ann: AnnotatorChecks, key: tuple, honeypot: bool, choice: str, picked: str | None) -> bool | None:
         """Right (True), wrong (False) or no check (None) for a vote outside qualification."""
@@ -380,6 +404,7 @@ class AnnotatorGate:
         self._releases.add(key)
         ann = self._entry(ev["annotator"])
         ann.status, ann.reason, ann.score = "released", str(ev.get("reason") or ""), 0.0
+        ann.since_release.clear()  # the test starts over
 
     def _sync(self) -> None:
         """Apply releases other processes wrote to the log since the last look (one stat when nothing changed)."""

@@ -249,3 +249,49 @@ def test_status_log_lines_are_json_and_reasons_come_from_meta(tmp_path):
     assert ev["annotator"] == "x" and ev["status"] == "failed" and "0 of 2 right" in ev["reason"]
     assert gold_reasons(read_pool(tmp_path / "pool.jsonl"))[("p0", "r0")] == "correct and to the point"
     store.close()
+
+
+def test_an_undone_vote_takes_its_check_back_out(tmp_path):
+    """An annotator who clicks the wrong side and undoes it at once is judged on the votes that stand: through the
+    real service, one who first picks the worse response on every pair, undoes it and then picks the better one is
+    never paused (the flipper who does not undo is: test_live_checks_pause_random_and_flipper_not_reliable), and
+    their counts (votes, too-fast votes, checks) are those of the standing votes."""
+    config = CheckConfig(live=True, too_fast_s=2.0)
+    svc, store, gate = start(tmp_path, config, overlap=4, gold_share=0.1, repeat_rate=0.15, honeypot_rate=0.1)
+    wrong, right = make_annotator("flipper", 0), make_annotator("reliable", 0)
+    st, n = SessionState(), 0
+    view = svc.next_pair(st, "oops")
+    while st.pair is not None:  # until the pool has nothing more for them
+        left, rgt = st.pair.shown
+        view = svc.vote(st, "oops", wrong(left, rgt), token=view.token)
+        view = svc.undo(st, "oops")
+        left, rgt = st.pair.shown
+        view = svc.vote(st, "oops", right(left, rgt), token=view.token)
+        n += 1
+    c = gate.checks("oops")
+    # Every vote here is instant, so too fast; an undone one no longer counts toward the share.
+    assert n > 100 and c.status == "new" and c.votes == c.fast == n and c.checks > 20
+    assert c.wrong <= 0.15 * c.checks  # the reliable picks alone (right 95% of the time)
+
+    # The statistic is replayed without the undone outcome: exactly what it would be had it never been cast.
+    from annotate.schema import new_comparison
+
+    gate2 = AnnotatorGate(CheckConfig(live=True), gold={})
+
+    def honeypot(i: int, choice: str, **kw) -> dict:
+        return new_comparison(prompt_id=f"p{i}", prompt=[{"role": "user", "content": "q"}], response_a_id="r",
+                              response_a="x", response_b_id="r", response_b="x", choice=choice, annotator="x",
+                              session="s", **kw)  # fmt: skip
+
+    outcomes = ["a", "tie", "a", "a", "tie", "b"]  # wrong, right, wrong, wrong, right, wrong
+    recs = [honeypot(i, c) for i, c in enumerate(outcomes)]
+    for r in recs:
+        gate2.observe(r)
+    with_all = gate2.checks("x").score
+    gate2.observe(honeypot(99, "skip", retracts=recs[2]["comparison_id"]))
+    t, s = Cusum(0.85, 0.5, 0.001), 0.0
+    for c in outcomes[:2] + outcomes[3:]:
+        s = t.step(s, c == "tie")
+    assert math.isclose(gate2.checks("x").score, s) and s < with_all
+    assert gate2.checks("x").checks == 5 and gate2.checks("x").wrong == 3 and gate2.checks("x").votes == 5
+    store.close()

@@ -40,6 +40,7 @@ COMMANDS = {
     "add-user": ("annotate.users", "add or update an annotator in a users file"),
     "remove-user": ("annotate.users", "remove an annotator from a users file (ends their sessions)"),
     "audit": ("annotate.audit_cli", "agreement, position and length bias report"),
+    "annotators": ("annotate.annotator_status", "the app's verdicts on annotators (qualified, paused...); --release"),
     "push": ("annotate.hub", "publish a store to the Hugging Face Hub as a dataset"),
 }
 

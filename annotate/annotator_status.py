@@ -4,12 +4,17 @@ The app appends each verdict to `STORE/_prefkit/annotators.jsonl`, one JSON even
 reason, by), with fsync. Export, `push` and training straight from a store read the log here, with no Gradio and
 no sampler, and leave out by default every vote of an annotator who failed qualification or is paused, and the
 qualification votes (session `qualify:...`) of annotators who have not passed.
+`python -m annotate annotators --store DIR` lists the verdicts, and `--release NAME` releases a held annotator as the
+Dashboard does (a running app reads the log before each request that asks about an annotator, so it applies the
+release at once).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -45,6 +50,29 @@ def parse_events(data: bytes) -> list[dict]:
         if isinstance(ev, dict) and isinstance(ev.get("annotator"), str) and isinstance(ev.get("status"), str):
             out.append(ev)
     return out
+
+
+def new_event(annotator: str, status: str, reason: str, by: str = "", at: datetime | None = None) -> dict:
+    """One status-log event (a fresh id; `at` defaults to now, UTC)."""
+    at = at or datetime.now(UTC)
+    return {"id": os.urandom(8).hex(), "at": at.isoformat(), "annotator": annotator, "status": status,
+            "reason": reason, "by": by}  # fmt: skip
+
+
+def append_event(path: Path, ev: dict) -> int:
+    """Append `ev` to the status log at `path` durably; returns the bytes written.
+
+    One O_APPEND write, so lines of several processes (app replicas, this module's CLI) never mix; fsync'd, since
+    export relies on a verdict the way it relies on a vote."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(ev, ensure_ascii=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len(line)
 
 
 def annotator_status(store_root: str | os.PathLike) -> dict[str, str]:
@@ -84,3 +112,47 @@ def summary_line(status: dict[str, str]) -> str | None:
     if not held:
         return None
     return f"annotators held (failed qualification or paused; their votes are left out of export): {', '.join(held)}"
+
+
+# -- `python -m annotate annotators --store DIR [--release NAME]` -----------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", required=True, help="store directory the app writes (its _prefkit/annotators.jsonl)")
+    p.add_argument("--release", metavar="NAME", help="let a failed or paused annotator's votes count again (as the "
+                   "Dashboard's release does; a running app applies it at its next request)")  # fmt: skip
+    p.add_argument("--by", default="", help="who releases (recorded in the log; default: the CLI)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Each checked annotator's latest status (held ones first), or with --release one release."""
+    from annotate.errors import UsageError
+
+    root = Path(args.store)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such store (a folder the app writes)")
+    latest: dict[str, dict] = {}
+    for ev in read_events(root):
+        latest[ev["annotator"]] = ev
+    if args.release is not None:
+        name = args.release
+        ev = latest.get(name)
+        if ev is None or ev["status"] not in HELD:
+            have = "no verdict" if ev is None else f"status {ev['status']}"
+            raise UsageError(f"--release: {name!r} is not held ({have} in {status_path(root)}); nothing changed. "
+                             "Only a failed or paused annotator is released here; the Dashboard also vouches "
+                             "for one still qualifying")  # fmt: skip
+        by = args.by or "the CLI"
+        append_event(status_path(root), new_event(name, "released", f"released by {by} (was {ev['status']})", by))
+        print(f"released {_printable(name)} (was {ev['status']}): their votes count again; a running app applies it "
+              "at once")  # fmt: skip
+        return 0
+    if not latest:
+        print(f"no verdicts in {status_path(root)} (the app writes them under --qualify or --live-checks)")
+        return 0
+    for ev in sorted(latest.values(), key=lambda e: (e["status"] not in HELD, e["annotator"])):
+        # Names and reasons are untrusted text: control characters are escaped, never sent to the terminal.
+        print("\t".join(_printable(ev.get(k)) for k in ("annotator", "status", "at", "reason")))
+    return 0
+
+
+def _printable(x: object) -> str:
+    return json.dumps("" if x is None else str(x), ensure_ascii=False)[1:-1]

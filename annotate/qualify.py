@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from annotate.annotator_status import HELD, QUALIFY_PREFIX, parse_events, status_path
+from annotate.annotator_status import HELD, QUALIFY_PREFIX, append_event, new_event, parse_events, status_path
 from annotate.judge_votes import is_judge
 
 REASON_KEYS = ("gold_reason", "why", "note")  # where a pool's meta may say why a response is better or worse
@@ -427,20 +427,12 @@ class AnnotatorGate:
                     self._release(ev)
 
     def _write(self, annotator: str, status: str, reason: str, by: str = "") -> dict:
-        ev = {"id": os.urandom(8).hex(), "at": self.now().isoformat(), "annotator": annotator, "status": status,
-              "reason": reason, "by": by}  # fmt: skip
+        ev = new_event(annotator, status, reason, by, self.now())
         if self.path is None:
             return ev
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(ev, ensure_ascii=False) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, line)  # one O_APPEND write: lines of several processes never mix
-            os.fsync(fd)  # a verdict export relies on must survive a crash, like a vote
-        finally:
-            os.close(fd)
-        if os.path.getsize(self.path) == self._offset + len(line):
-            self._offset += len(line)  # our own line: nothing to re-read (another process's would be)
+        n = append_event(self.path, ev)
+        if os.path.getsize(self.path) == self._offset + n:
+            self._offset += n  # our own line: nothing to re-read (another process's would be)
         return ev
 
 

@@ -295,3 +295,49 @@ def test_an_undone_vote_takes_its_check_back_out(tmp_path):
     assert math.isclose(gate2.checks("x").score, s) and s < with_all
     assert gate2.checks("x").checks == 5 and gate2.checks("x").wrong == 3 and gate2.checks("x").votes == 5
     store.close()
+
+
+def test_the_annotators_command_lists_verdicts_and_releases_into_a_running_app(tmp_path):
+    """`python -m annotate annotators --store DIR` lists the log's verdicts (held first, control characters escaped);
+    `--release NAME` writes the release a running app's gate applies at its next question, and refuses (exit 2, one
+    line, nothing written) anyone who is not held."""
+    import subprocess
+    import sys
+
+    from annotate.annotator_status import status_path
+
+    config = CheckConfig(qualify_n=4, qualify_min=0.75)
+    svc, store, gate = start(tmp_path, config, overlap=4)
+    run(svc, "good", "reliable", votes=4, seed=1)
+    run(svc, "bad\x1b[31m", "flipper", votes=10)
+    assert gate.checks("bad\x1b[31m").status == "failed"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "annotate", "annotators", "--store", str(tmp_path / "votes"), *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+    listed = cli()
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].startswith("bad\\u001b[31m\tfailed\t") and "qualification: " in lines[0]
+    assert lines[1].startswith("good\tqualified\t") and "\x1b" not in listed.stdout
+
+    size = status_path(tmp_path / "votes").stat().st_size
+    for who in ("good", "nobody"):
+        refused = cli("--release", who)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "is not held" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert status_path(tmp_path / "votes").stat().st_size == size  # nothing written
+    missing = subprocess.run([sys.executable, "-m", "annotate", "annotators", "--store", str(tmp_path / "nope")],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert missing.returncode == 2 and "no such store" in missing.stderr
+
+    done = cli("--release", "bad\x1b[31m", "--by", "lead")
+    assert done.returncode == 0 and "released bad\\u001b[31m (was failed)" in done.stdout
+    # The running app's gate has not been told; it reads the log at its next question about an annotator.
+    assert gate.checks("bad\x1b[31m").status == "released"
+    st = SessionState()
+    svc.next_pair(st, "bad\x1b[31m")
+    assert st.pair is not None and st.pair.kind != "qualify"
+    assert "released by lead" in {r["annotator"]: r for r in gate.rows()}["bad\x1b[31m"]["why"]
+    store.close()

@@ -75,9 +75,21 @@ def append_event(path: Path, ev: dict) -> int:
     return len(line)
 
 
-def annotator_status(store_root: str | os.PathLike) -> dict[str, str]:
-    """Each annotator's latest status in the log (annotators never checked are absent)."""
-    return {ev["annotator"]: ev["status"] for ev in read_events(store_root)}
+def annotator_status(store_root: str | os.PathLike, as_of: datetime | None = None) -> dict[str, str]:
+    """Each annotator's latest status in the log (annotators never checked are absent); with `as_of`, as it stood
+    then (events whose time cannot be read are left out: they cannot be placed before or after)."""
+    events = read_events(store_root)
+    if as_of is not None:
+        events = [ev for ev in events if (at := _time(ev.get("at"))) is not None and at <= as_of]
+    return {ev["annotator"]: ev["status"] for ev in events}
+
+
+def _time(text: object) -> datetime | None:
+    try:
+        t = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def held_out(table: pa.Table, status: dict[str, str]) -> tuple[pa.Table, int]:
@@ -100,10 +112,16 @@ def held_out(table: pa.Table, status: dict[str, str]) -> tuple[pa.Table, int]:
 def trainable_votes(votes: pa.Table, store: str | os.PathLike) -> tuple[pa.Table, int]:
     """`votes` (annotate.export.usable_votes of the store `store`, a path or DIR@VERSION) without those the app's
     checks hold: the one filter export, push and training from a store share. Returns (kept, how many dropped).
-    The log is read as it is now, also for an older DIR@VERSION (verdicts are not versioned)."""
-    from annotate.store import parse_store_spec
 
-    return held_out(votes, annotator_status(parse_store_spec(str(store))[0]))
+    A store named without a version takes today's verdicts. DIR@VERSION takes the verdicts as they stood when that
+    version was committed, so a pinned export or training run gives the same rows however the verdicts change later
+    (a release or a new pause applies from the next version on)."""
+    from annotate.store import parse_store_spec, version_time
+
+    root, version = parse_store_spec(str(store))
+    # A remote store (a URL) has no status log here: the app writes it beside a local store only.
+    as_of = version_time(root, version) if version is not None and "://" not in root else None
+    return held_out(votes, annotator_status(root, as_of))
 
 
 def summary_line(status: dict[str, str]) -> str | None:

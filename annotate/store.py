@@ -289,6 +289,23 @@ def _log_entry(root: Path, version: int) -> Path:
     return root / "_delta_log" / f"{version:020d}.json"
 
 
+def version_time(root: str | os.PathLike, version: int) -> datetime:
+    """When table `version` was committed (UTC): its commit's commitInfo timestamp (the log keeps every commit for
+    3,650 days, the table's logRetentionDuration). A store without that commit file is a StoreError."""
+    from datetime import UTC
+
+    path = _log_entry(Path(root), version)
+    try:
+        lines = path.read_bytes().splitlines()
+    except (FileNotFoundError, NotADirectoryError):
+        raise StoreError(f"{root}: version {version} has no commit file ({path.name})") from None
+    for line in lines:
+        info = json.loads(line).get("commitInfo") if line.strip() else None
+        if isinstance(info, dict) and isinstance(info.get("timestamp"), int):
+            return datetime.fromtimestamp(info["timestamp"] / 1000, UTC)
+    raise StoreError(f"{root}: the commit of version {version} has no timestamp")
+
+
 def _committed(dt, app_id: str) -> bool:
     return dt.transaction_version(app_id) is not None
 

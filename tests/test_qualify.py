@@ -341,3 +341,29 @@ def test_the_annotators_command_lists_verdicts_and_releases_into_a_running_app(t
     assert st.pair is not None and st.pair.kind != "qualify"
     assert "released by lead" in {r["annotator"]: r for r in gate.rows()}["bad\x1b[31m"]["why"]
     store.close()
+
+
+def test_a_pinned_version_takes_the_verdicts_of_its_time(tmp_path):
+    """Export of DIR@VERSION applies the verdicts as they stood when that version was committed: a release written
+    later changes the latest export, never the pinned one (a training run on DIR@V can be repeated)."""
+    from datetime import timedelta
+
+    from annotate.store import parse_store_spec, pin_version, version_time
+
+    config = CheckConfig(qualify_n=4, qualify_min=0.75)
+    svc, store, gate = start(tmp_path, config, overlap=4)
+    run(svc, "good", "reliable", votes=4 + 6, seed=1)
+    run(svc, "bad", "flipper", votes=10)
+    store.close()
+    pinned = pin_version(tmp_path / "votes")
+    root, version = parse_store_spec(pinned)
+    assert version_time(root, version) >= gate.now() - timedelta(minutes=5)  # a real commit time, in UTC
+    before = export(pinned, tmp_path / "before.parquet", allow_empty=True)
+    assert before["held_out"] == 4
+
+    svc, store, gate = start(tmp_path, config, overlap=4)
+    svc.release("bad", "admin")
+    store.close()
+    again = export(pinned, tmp_path / "again.parquet", allow_empty=True)
+    assert (again["held_out"], again["rows"], again["votes"]) == (before["held_out"], before["rows"], before["votes"])
+    assert export(str(tmp_path / "votes"), tmp_path / "now.parquet", allow_empty=True)["held_out"] == 0

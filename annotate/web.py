@@ -205,13 +205,35 @@ def build_web_app(
 
     # No docs/openapi on the outer app: they would sit in front of Gradio and describe only these routes.
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    throttle = throttle or LoginThrottle()
-    hashing: list[anyio.CapacityLimiter] = []  # made on first use, inside the event loop
+    add_login_routes(app, auth, title, hint, throttle or LoginThrottle(), max_waiting_logins)
+    add_export_route(app, auth, exports)
+    if routes is not None:
+        routes(app)
+    if auth is not None:
+        app.add_middleware(_LoginRedirect, auth=auth)
+    return gr.mount_gradio_app(
+        app, blocks, path="/", auth_dependency=auth.user_for_request if auth else None, css=css, show_error=True
+    )
 
-    def limiter() -> anyio.CapacityLimiter:
-        if not hashing:
-            hashing.append(anyio.CapacityLimiter(1))  # one scrypt at a time: a flood holds one core, no more
-        return hashing[0]
+
+def _refused(code: str, browser: bool, status: int, detail: str, wait_s: float = 0.0) -> Response:
+    """A refused login: back to the login page with a message code (a browser), or JSON with the status."""
+    headers = {"Cache-Control": "no-store"}
+    if status == 429:
+        headers["Retry-After"] = str(max(1, math.ceil(wait_s)))
+    if browser:
+        suffix = f"&s={headers['Retry-After']}" if status == 429 else ""
+        return RedirectResponse(f"/login?e={code}{suffix}", status_code=303, headers=headers)
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def add_login_routes(
+    app: FastAPI, auth: Authenticator | None, title: str, hint: str, throttle: LoginThrottle, max_waiting_logins: int
+) -> None:
+    """GET/POST /login and /logout."""
+    login = _login_handler(auth, throttle, max_waiting_logins)
+    app.post("/login")(login)
+    app.post("/login/")(login)
 
     @app.get("/login")
     @app.get("/login/")
@@ -225,17 +247,25 @@ def build_web_app(
         )  # fmt: skip
         return HTMLResponse(body, headers=PAGE_HEADERS)
 
-    def refused(code: str, browser: bool, status: int, detail: str, wait_s: float = 0.0) -> Response:
-        headers = {"Cache-Control": "no-store"}
-        if status == 429:
-            headers["Retry-After"] = str(max(1, math.ceil(wait_s)))
-        if browser:
-            suffix = f"&s={headers['Retry-After']}" if status == 429 else ""
-            return RedirectResponse(f"/login?e={code}{suffix}", status_code=303, headers=headers)
-        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+    @app.get("/logout")
+    @app.get("/logout/")
+    async def logout(request: Request) -> Response:
+        response = RedirectResponse("/login?e=out" if auth else "/", status_code=303)
+        if auth is not None:
+            response.delete_cookie(auth.cookie, path="/", httponly=True, samesite="lax", secure=_is_https(request))
+        return response
 
-    @app.post("/login")
-    @app.post("/login/")
+
+def _login_handler(auth: Authenticator | None, throttle: LoginThrottle, max_waiting_logins: int):
+    """The POST /login endpoint. Throttled attempts never hash; one scrypt runs at a time, and past
+    `max_waiting_logins` waiting, a login is refused at once (a flood cannot queue without bound)."""
+    hashing: list[anyio.CapacityLimiter] = []  # made on first use, inside the event loop
+
+    def limiter() -> anyio.CapacityLimiter:
+        if not hashing:
+            hashing.append(anyio.CapacityLimiter(1))  # one scrypt at a time: a flood holds one core, no more
+        return hashing[0]
+
     async def login(request: Request) -> Response:
         form = await request.form(max_files=0, max_fields=10)  # a login needs three fields, no uploads
         name = str(form.get("username") or "").strip()
@@ -247,13 +277,13 @@ def build_web_app(
 
         def too_many(wait: float) -> Response:
             detail = f"Too many login attempts; try again in {max(1, math.ceil(wait))} s."
-            return refused("wait", browser, 429, detail, wait)
+            return _refused("wait", browser, 429, detail, wait)
 
         wait = throttle.wait(name, address)  # cheap, on the event loop: throttled attempts never hash
         if wait > 0:
             return too_many(wait)
         if limiter().statistics().tasks_waiting >= max_waiting_logins:
-            return refused("busy", browser, 429, "Too many logins at once; try again in a moment.", 1.0)
+            return _refused("busy", browser, 429, "Too many logins at once; try again in a moment.", 1.0)
 
         def attempt() -> float | bool:
             # Re-checked here, one attempt at a time: logins queued behind a failure see the lock it started.
@@ -272,11 +302,11 @@ def build_web_app(
         if outcome is not True:
             if outcome is not False:
                 return too_many(float(outcome))
-            return refused("bad", browser, 400, "Incorrect credentials.")
+            return _refused("bad", browser, 400, "Incorrect credentials.")
         try:
             token = auth.issue(name)
         except KeyError:  # removed between the check and now
-            return refused("bad", browser, 400, "Incorrect credentials.")
+            return _refused("bad", browser, 400, "Incorrect credentials.")
         response = RedirectResponse("/", status_code=303) if browser else JSONResponse({"success": True})
         response.set_cookie(
             auth.cookie, token, max_age=int(auth.session_s), path="/", httponly=True, samesite="lax",
@@ -285,13 +315,11 @@ def build_web_app(
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    @app.get("/logout")
-    @app.get("/logout/")
-    async def logout(request: Request) -> Response:
-        response = RedirectResponse("/login?e=out" if auth else "/", status_code=303)
-        if auth is not None:
-            response.delete_cookie(auth.cookie, path="/", httponly=True, samesite="lax", secure=_is_https(request))
-        return response
+    return login
+
+
+def add_export_route(app: FastAPI, auth: Authenticator | None, exports: ExportRegistry | None) -> None:
+    """GET /exports/{token}: an admin's one-time download of an export the Dashboard made."""
 
     @app.get("/exports/{token}")
     def download_export(token: str, request: Request) -> Response:
@@ -312,14 +340,6 @@ def build_web_app(
             entry.path, media_type="application/vnd.apache.parquet", filename=entry.filename,
             headers={"Cache-Control": "no-store"}, background=BackgroundTask(entry.path.unlink, missing_ok=True),
         )  # fmt: skip
-
-    if routes is not None:
-        routes(app)
-    if auth is not None:
-        app.add_middleware(_LoginRedirect, auth=auth)
-    return gr.mount_gradio_app(
-        app, blocks, path="/", auth_dependency=auth.user_for_request if auth else None, css=css, show_error=True
-    )
 
 
 def end_streams(app: FastAPI) -> None:
